@@ -1,0 +1,66 @@
+// Per-element math shared by the CPU (C++) and CUDA kernels, so the CUDA code's arithmetic is the code
+// tested on CPU-only machines. No torch headers here: the .cu files include this directly.
+#pragma once
+#include <cmath>
+
+#if defined(__CUDACC__)
+#define EG_HD __host__ __device__ __forceinline__
+#else
+#define EG_HD inline
+#endif
+
+namespace editgan {
+
+enum class Act : int { Linear = 0, LRelu = 1 };
+
+// The StyleGAN2 layer epilogue: clamp(act(v + bias) * gain). clamp < 0 means no clamp.
+EG_HD float bias_act(float v, float bias, Act act, float alpha, float gain, float clamp) {
+  v += bias;
+  if (act == Act::LRelu) v = v < 0.f ? v * alpha : v;
+  v *= gain;
+  if (clamp >= 0.f) v = v < -clamp ? -clamp : (v > clamp ? clamp : v);
+  return v;
+}
+
+// d bias_act / dv, evaluated at the pre-activation sum s = v + bias. Matches torch: leaky_relu's slope is
+// alpha for s <= 0, and clamp passes the gradient only where the unclamped value lies inside [-clamp, clamp].
+EG_HD float bias_act_grad(float s, Act act, float alpha, float gain, float clamp) {
+  float g = (act == Act::LRelu && !(s > 0.f)) ? alpha * gain : gain;
+  if (clamp >= 0.f) {
+    float y = s * g;
+    if (y < -clamp || y > clamp) return 0.f;
+  }
+  return g;
+}
+
+// Source taps of 1-D linear interpolation with align_corners=False (PyTorch's F.interpolate rule):
+// out index o of out_len maps to src = (o + 0.5) * in_len / out_len - 0.5, clamped at 0;
+// taps i0, i1 = min(i0 + 1, in_len - 1) with weights (1 - l1, l1).
+struct LinearTaps {
+  int i0, i1;
+  float w0, w1;
+};
+
+EG_HD LinearTaps linear_taps(int o, int in_len, int out_len) {
+  LinearTaps t;
+  float scale = (float)in_len / (float)out_len;
+  float src = ((float)o + 0.5f) * scale - 0.5f;
+  if (src < 0.f) src = 0.f;
+  int i0 = (int)src;
+  if (i0 > in_len - 1) i0 = in_len - 1;
+  float l1 = src - (float)i0;
+  t.i0 = i0;
+  t.i1 = i0 + 1 < in_len ? i0 + 1 : in_len - 1;
+  t.w1 = l1;
+  t.w0 = 1.f - l1;
+  return t;
+}
+
+// PyTorch's "nearest" (legacy) source index: floor(o * in_len / out_len), clamped.
+EG_HD int nearest_index(int o, int in_len, int out_len) {
+  float scale = (float)in_len / (float)out_len;
+  int i = (int)floorf((float)o * scale);
+  return i < in_len - 1 ? i : in_len - 1;
+}
+
+}  // namespace editgan

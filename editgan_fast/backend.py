@@ -1,0 +1,160 @@
+"""Backend dispatch: which implementation of each operator runs.
+
+Every operator in `editgan_fast.ops` has a pure-PyTorch `reference` implementation (the oracle) and may have
+fast ones in the `cpu` (native C++), `triton` and `cuda` backends. All implementations of one operator share
+its exact signature, so the public op function just asks `resolve(op, tensor)` which one to call.
+
+Selection, in this order:
+- `use_backend(name, dtype=None)` (a context manager, thread- and task-local) or `set_backend(name, dtype=None)`;
+- otherwise "auto": `cpu` for CPU tensors when the native extension is built, `triton` for CUDA tensors when
+  Triton is importable, else `reference`.
+A backend that is not built, or that cannot run on the tensors' device, is a clear `BackendUnavailable`
+error when asked for by name. A backend that does not implement one particular operator hands it to the next
+in its chain (cuda -> triton -> reference, triton -> reference, cpu -> reference).
+
+`dtype` selects the compute/storage precision fast backends use (torch.float32 by default, torch.bfloat16 for
+the bf16 mode with fp32 accumulation). The reference ignores it and computes in the inputs' dtype.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+from dataclasses import dataclass
+
+import torch
+
+BACKENDS = ("reference", "cpu", "triton", "cuda")
+_MODULES = {
+    "reference": None,
+    "cpu": "editgan_fast.ops._cpu_backend",
+    "triton": "editgan_fast.ops._triton_backend",
+    "cuda": "editgan_fast.ops._cuda_backend",
+}
+_FALLBACK = {"cuda": "triton", "triton": "reference", "cpu": "reference", "reference": None}
+_DTYPES = (None, torch.float32, torch.bfloat16, torch.float16)
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend is not built or cannot run on the given tensors."""
+
+
+@dataclass(frozen=True)
+class _Selection:
+    name: str  # "auto" or one of BACKENDS
+    dtype: torch.dtype | None
+
+
+_selection: contextvars.ContextVar[_Selection] = contextvars.ContextVar(
+    "editgan_fast_backend", default=_Selection("auto", None))
+_global_default = _Selection("auto", None)
+_reference_ops: dict[str, object] = {}
+
+
+def register_reference(op: str, fn):
+    """Called once by each op module for its reference implementation."""
+    _reference_ops[op] = fn
+    return fn
+
+
+def _check(name: str, dtype) -> _Selection:
+    if name != "auto" and name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(('auto',) + BACKENDS)}")
+    if dtype not in _DTYPES:
+        raise ValueError(f"backend dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
+    return _Selection(name, dtype)
+
+
+def set_backend(name: str, dtype: torch.dtype | None = None) -> None:
+    """Select the backend (and compute dtype) for this thread/task and new ones; 'auto' restores the default."""
+    global _global_default
+    sel = _check(name, dtype)
+    if name != "auto":
+        _load(name)  # fail now, not at the first op, if it is not built
+    _global_default = sel
+    _selection.set(sel)
+
+
+@contextlib.contextmanager
+def use_backend(name: str, dtype: torch.dtype | None = None):
+    """`with use_backend("cpu", dtype=torch.bfloat16): ...` runs every op inside on that backend."""
+    sel = _check(name, dtype)
+    if name != "auto":
+        _load(name)
+    token = _selection.set(sel)
+    try:
+        yield
+    finally:
+        _selection.reset(token)
+
+
+def current() -> _Selection:
+    sel = _selection.get()
+    # A thread that never called use/set_backend sees the process-wide default.
+    return sel if sel != _Selection("auto", None) else _global_default
+
+
+def compute_dtype(default: torch.dtype = torch.float32) -> torch.dtype:
+    """The dtype fast backends should compute in (the bf16/fp16 mode), or `default`."""
+    return current().dtype or default
+
+
+_loaded: dict[str, object] = {}
+
+
+def _load(name: str):
+    """Import a fast backend module; raise BackendUnavailable with its reason when it cannot load."""
+    if name == "reference":
+        return None
+    if name not in _loaded:
+        try:
+            module = importlib.import_module(_MODULES[name])
+        except ImportError as e:
+            raise BackendUnavailable(f"backend {name!r} is not available: {e}") from None
+        reason = module.unavailable_reason()
+        if reason:
+            raise BackendUnavailable(f"backend {name!r} is not available: {reason}")
+        _loaded[name] = module
+    return _loaded[name]
+
+
+def available(name: str) -> bool:
+    try:
+        _load(name)
+        return True
+    except BackendUnavailable:
+        return False
+
+
+def _auto_for(device: torch.device) -> str:
+    if device.type == "cpu":
+        return "cpu" if available("cpu") else "reference"
+    if device.type == "cuda":
+        for name in ("triton", "cuda"):
+            if available(name):
+                return name
+    return "reference"
+
+
+def backend_name_for(tensor: torch.Tensor) -> str:
+    """The backend an op on `tensor` would start from under the current selection."""
+    name = current().name
+    return _auto_for(tensor.device) if name == "auto" else name
+
+
+def resolve(op: str, tensor: torch.Tensor):
+    """The implementation of `op` to run on `tensor` (its device decides what is usable)."""
+    name = backend_name_for(tensor)
+    while name is not None:
+        if name == "reference":
+            return _reference_ops[op]
+        module = _load(name)
+        if tensor.device.type not in module.DEVICES:
+            raise BackendUnavailable(
+                f"backend {name!r} runs on {'/'.join(sorted(module.DEVICES))} tensors, got a tensor on "
+                f"{tensor.device}; move the tensors or choose another backend")
+        fn = module.OPS.get(op)
+        if fn is not None:
+            return fn
+        name = _FALLBACK[name]
+    raise AssertionError(f"no implementation for {op}")

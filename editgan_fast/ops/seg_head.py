@@ -1,0 +1,160 @@
+"""seg_head: DatasetGAN/EditGAN's pixel-classifier ensemble over the generator's feature maps.
+
+    stack  = concat_m crop(upsample(features[m], out_size, mode))          [N, D, h, w]
+    logits = mean_e  MLP_e(stack[n, :, y, x])                               [N, C, h, w]
+    MLP_e  = Linear(D,H1) ReLU BN(H1) Linear(H1,H2) ReLU BN(H2) Linear(H2,C)   (BatchNorm in eval mode)
+
+`mode` is "bilinear" (align_corners=False, what EditGAN segments with) or "nearest" (its editing loss).
+`crop` = (y0, y1, x0, x1) in output pixels (EditGAN's car model: (64, 448, 0, 512)).
+`region`, a bool mask [h, w] of the (cropped) output, asks for the logits of those pixels only: the result is
+then [N, C, P] with P = region.sum(), pixels in row-major order. Fast backends evaluate only what is needed.
+
+The reference materializes the stack (it is the oracle) and refuses, with `MemoryBudgetExceeded`, when it would
+exceed `reference_memory_budget()` bytes (EDITGAN_FAST_REFERENCE_MEMORY_GB, 8 GiB by default). Fast backends
+never build it: the first linear layer commutes with the (linear, per-channel) upsampling, so they project each
+map at its own resolution first.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .. import backend
+from ._checks import check_tensor
+
+MODES = ("bilinear", "nearest")
+
+
+class MemoryBudgetExceeded(RuntimeError):
+    """The reference segmentation head would materialize more memory than allowed."""
+
+
+def reference_memory_budget() -> int:
+    return int(float(os.environ.get("EDITGAN_FAST_REFERENCE_MEMORY_GB", "8")) * 2**30)
+
+
+@dataclass(frozen=True)
+class PixelMLP:
+    """One ensemble member, eval mode. weights/biases: the three Linear layers; bn_*: the two BatchNorm1d."""
+    weights: tuple   # ([H1, D], [H2, H1], [C, H2])
+    biases: tuple    # ([H1], [H2], [C])
+    bn_mean: tuple   # ([H1], [H2])
+    bn_var: tuple
+    bn_weight: tuple
+    bn_bias: tuple
+    bn_eps: float = 1e-5
+
+    @property
+    def in_features(self):
+        return self.weights[0].shape[1]
+
+    @property
+    def num_classes(self):
+        return self.weights[2].shape[0]
+
+    def folded(self):
+        """[(W, b)] x 3 with each BatchNorm folded into the Linear layer after it (exact in eval mode):
+        BN(h) = h * s + t with s = gamma / sqrt(var + eps), t = beta - mean * s, so W (h s + t) + b =
+        (W diag(s)) h + (W t + b)."""
+        w1, w2, w3 = self.weights
+        b1, b2, b3 = self.biases
+        out = [(w1, b1)]
+        for i, (w, b) in enumerate(((w2, b2), (w3, b3))):
+            s = self.bn_weight[i] * torch.rsqrt(self.bn_var[i] + self.bn_eps)
+            t = self.bn_bias[i] - self.bn_mean[i] * s
+            out.append((w * s[None, :], b + w @ t))
+        return out
+
+    def to(self, *args, **kwargs):
+        conv = lambda ts: tuple(t.to(*args, **kwargs) for t in ts)
+        return PixelMLP(conv(self.weights), conv(self.biases), conv(self.bn_mean), conv(self.bn_var),
+                        conv(self.bn_weight), conv(self.bn_bias), self.bn_eps)
+
+
+def mlp_reference(m: PixelMLP, h):
+    """h [P, D] -> logits [P, C], layer by layer as torch.nn would compute it."""
+    for i in range(3):
+        h = F.linear(h, m.weights[i].to(h.dtype), m.biases[i].to(h.dtype))
+        if i < 2:
+            h = F.relu(h)
+            h = F.batch_norm(h, m.bn_mean[i].to(h.dtype), m.bn_var[i].to(h.dtype), m.bn_weight[i].to(h.dtype),
+                             m.bn_bias[i].to(h.dtype), training=False, eps=m.bn_eps)
+    return h
+
+
+def upsample_feature(f, out_size, mode):
+    if tuple(f.shape[-2:]) == tuple(out_size):
+        return f
+    if mode == "bilinear":
+        return F.interpolate(f, size=out_size, mode="bilinear", align_corners=False)
+    return F.interpolate(f, size=out_size, mode="nearest")
+
+
+def crop_box(out_size, crop):
+    h, w = out_size
+    y0, y1, x0, x1 = (0, h, 0, w) if crop is None else crop
+    if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
+        raise ValueError(f"crop {crop} does not fit inside the output size {h}x{w}")
+    return y0, y1, x0, x1
+
+
+def seg_head_reference(features, members, out_size, crop=None, mode="bilinear", region=None,
+                       pixel_chunk=65536):
+    n = features[0].shape[0]
+    y0, y1, x0, x1 = crop_box(out_size, crop)
+    dtype = features[0].dtype
+    dim = sum(f.shape[1] for f in features)
+    need = n * dim * (y1 - y0) * (x1 - x0) * dtype.itemsize
+    budget = reference_memory_budget()
+    if need > budget:
+        raise MemoryBudgetExceeded(
+            f"the reference segmentation head would materialize a {need / 2**30:.1f} GiB feature stack "
+            f"(budget {budget / 2**30:.1f} GiB, EDITGAN_FAST_REFERENCE_MEMORY_GB); use a fast backend "
+            f"(cpu/triton/cuda), which never builds it")
+    stack = torch.cat([upsample_feature(f, out_size, mode)[:, :, y0:y1, x0:x1] for f in features], dim=1)
+    pixels = stack.permute(0, 2, 3, 1)  # [N, h, w, D]
+    if region is not None:
+        pixels = pixels[:, region]  # [N, P, D]
+    flat = pixels.reshape(-1, dim)
+    out = []
+    for start in range(0, flat.shape[0], pixel_chunk):
+        chunk = flat[start:start + pixel_chunk]
+        out.append(sum(mlp_reference(m, chunk) for m in members) / len(members))
+    logits = torch.cat(out).reshape(*pixels.shape[:-1], -1)  # [N, h, w, C] or [N, P, C]
+    return logits.movedim(-1, 1)
+
+
+backend.register_reference("seg_head", seg_head_reference)
+
+
+def seg_head(features, members, out_size, crop=None, mode="bilinear", region=None):
+    if not features:
+        raise ValueError("seg_head needs at least one feature map")
+    x = features[0]
+    for i, f in enumerate(features):
+        check_tensor(f"features[{i}]", f, ndim=4, device=x.device)
+        if f.shape[0] != x.shape[0]:
+            raise ValueError(f"features[{i}] has batch {f.shape[0]}, features[0] has {x.shape[0]}")
+    if not members:
+        raise ValueError("seg_head needs at least one ensemble member")
+    dim = sum(f.shape[1] for f in features)
+    for i, m in enumerate(members):
+        if m.in_features != dim:
+            raise ValueError(f"classifier {i} expects {m.in_features} feature channels, the generator's "
+                             f"feature maps have {dim}")
+        if m.num_classes != members[0].num_classes:
+            raise ValueError(f"classifier {i} has {m.num_classes} classes, classifier 0 has "
+                             f"{members[0].num_classes}")
+    if mode not in MODES:
+        raise ValueError(f"upsample mode must be one of {MODES}, got {mode!r}")
+    out_size = (int(out_size), int(out_size)) if isinstance(out_size, int) else tuple(int(s) for s in out_size)
+    y0, y1, x0, x1 = crop_box(out_size, crop)
+    if region is not None:
+        if region.dtype != torch.bool or tuple(region.shape) != (y1 - y0, x1 - x0):
+            raise ValueError(f"region must be a bool mask of shape {(y1 - y0, x1 - x0)}, got "
+                             f"{region.dtype} {tuple(region.shape)}")
+        region = region.to(x.device)
+    return backend.resolve("seg_head", x)(features, members, out_size, crop=crop, mode=mode, region=region)

@@ -1,0 +1,60 @@
+"""Builds the native extensions with ninja.
+
+- editgan_fast._C: C++ CPU kernels (csrc/cpu/*.cpp), OpenMP, run-time ISA selection inside the kernels.
+- editgan_fast._cuda: CUDA kernels (csrc/cuda/*.cu, bound from csrc/cuda/*.cpp), only when torch was built
+  with CUDA and nvcc is present; skipped with a message otherwise.
+The Triton kernels in kernels/ are pure Python and ship as the package editgan_fast.kernels.
+"""
+import glob
+import os
+import shutil
+
+from setuptools import find_packages, setup
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+INCLUDE = [os.path.join(ROOT, "csrc", "include")]
+
+
+def rel(paths):
+    return sorted(os.path.relpath(p, ROOT) for p in paths)
+
+
+def cpu_extension():
+    sources = rel(glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))
+    if not sources:
+        return []
+    return [cpp_extension.CppExtension(
+        "editgan_fast._C", sources, include_dirs=INCLUDE,
+        extra_compile_args=["-O3", "-fopenmp", "-std=c++17"], extra_link_args=["-fopenmp"])]
+
+
+def cuda_extension():
+    import torch
+    if torch.version.cuda is None or shutil.which("nvcc") is None or os.environ.get("EDITGAN_FAST_NO_CUDA"):
+        print("editgan_fast: building without CUDA kernels (needs a CUDA build of torch and nvcc)")
+        return []
+    sources = rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu"))
+                  + glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cpp")))
+    return [cpp_extension.CUDAExtension(
+        "editgan_fast._cuda", sources, include_dirs=INCLUDE,
+        extra_compile_args={"cxx": ["-O3", "-std=c++17"],
+                            "nvcc": ["-O3", "-std=c++17", "--use_fast_math",
+                                     "-gencode=arch=compute_80,code=sm_80",
+                                     "-gencode=arch=compute_90,code=sm_90"]})]
+
+
+packages = find_packages(include=["editgan_fast", "editgan_fast.*"]) + ["editgan_fast.kernels"]
+setup(
+    name="editgan-fast",
+    version="0.1.0",
+    description="Fast EditGAN-style semantic image editing",
+    packages=packages,
+    package_dir={"editgan_fast.kernels": "kernels"},
+    package_data={"editgan_fast": ["assets/*"]},
+    python_requires=">=3.10",
+    install_requires=["torch>=2.1", "numpy", "pillow"],
+    ext_modules=cpu_extension() + cuda_extension(),
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    entry_points={"console_scripts": ["editgan-fast=editgan_fast.cli:main"]},
+)
