@@ -1,0 +1,35 @@
+"""The `cpu` backend: native C++ kernels from editgan_fast._C (csrc/cpu), reached as torch.ops.editgan_fast.*.
+
+Each group of kernels has a Python module beside this one that wraps its operators in autograd Functions with
+the reference's exact signature; this module collects them.
+"""
+import importlib
+
+import torch
+
+DEVICES = {"cpu"}
+_GROUPS = ("_cpu_conv", "_cpu_seg")  # modules of editgan_fast.ops, each exporting OPS: {op name: function}
+
+
+def _native_error():
+    try:
+        importlib.import_module("editgan_fast._C")
+    except ImportError as e:
+        return f"the native extension is not built ({e}); run `make setup`"
+    return None
+
+
+def unavailable_reason():
+    return _native_error()
+
+
+OPS = {}
+if _native_error() is None:
+    for _name in _GROUPS:
+        try:
+            _module = importlib.import_module(f"editgan_fast.ops.{_name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"editgan_fast.ops.{_name}":
+                raise
+            continue
+        OPS.update(_module.OPS)
