@@ -1,0 +1,1 @@
+"""Models: generator, segmenter, encoder, LPIPS, and their checkpoint loaders."""
