@@ -1,0 +1,78 @@
+"""load_generator: the checkpoints EditGAN users already have.
+
+(a) rosinality/EditGAN torch files holding {'g_ema': state_dict} (other keys such as latent_avg, g, d, g_optim,
+    args may be present and are ignored, except latent_avg which becomes the mean latent). Read with
+    torch.load(weights_only=True); the architecture is inferred from the keys and shapes; loading is strict.
+(b) StyleGAN2-ADA .pkl files, through a restricted unpickler that never runs the embedded source
+    (editgan_fast.models.ada_pickle).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import zipfile
+
+import torch
+
+from .errors import CheckpointError
+from .generator import Generator
+
+
+def _torch_load(path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({str(e).splitlines()[0]})") from None
+
+
+def infer_architecture(sd) -> dict:
+    """Generator(**kwargs) arguments from a rosinality state dict's keys and shapes."""
+    try:
+        style_dim = sd["style.1.weight"].shape[1]
+        n_mlp = len([k for k in sd if re.fullmatch(r"style\.\d+\.weight", k)])
+        num_rgbs = len([k for k in sd if re.fullmatch(r"to_rgbs\.\d+\.conv\.weight", k)])
+        channels = {4: sd["input.input"].shape[1]}
+        for b in range(num_rgbs):
+            channels[2 ** (b + 3)] = sd[f"convs.{2 * b}.conv.weight"].shape[1]
+    except KeyError as e:
+        raise CheckpointError(f"state dict is not a rosinality StyleGAN2 generator: key {e} is missing") from None
+    return dict(size=2 ** (num_rgbs + 2), style_dim=style_dim, n_mlp=n_mlp, channels=channels)
+
+
+def generator_from_state_dict(sd, latent_avg=None, source="state dict", conv_clamp=None) -> Generator:
+    g = Generator(**infer_architecture(sd), conv_clamp=conv_clamp)
+    expected = g.state_dict()
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{source}: keys do not match the inferred {g.resolution}px generator; "
+                              f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                              f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+    for k, v in expected.items():
+        if tuple(sd[k].shape) != tuple(v.shape):
+            raise CheckpointError(f"{source}: {k} has shape {tuple(sd[k].shape)}, expected {tuple(v.shape)}")
+    g.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
+    if latent_avg is not None:
+        g.set_mean_latent(torch.as_tensor(latent_avg).float())
+    return g.eval().requires_grad_(False)
+
+
+def load_generator(path, map_location="cpu") -> Generator:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"generator checkpoint {path!r} does not exist")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if path.endswith(".pkl") or (head[:1] == b"\x80" and not zipfile.is_zipfile(path)):
+        from .ada_pickle import load_ada_generator
+        return load_ada_generator(path).to(map_location)
+    ckpt = _torch_load(path)
+    if not isinstance(ckpt, dict) or "g_ema" not in ckpt:
+        what = f"a dict with keys {sorted(ckpt)[:6]}" if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path}: expected a rosinality/EditGAN checkpoint {{'g_ema': state_dict}}, "
+                              f"found {what}")
+    sd = ckpt["g_ema"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{path}: 'g_ema' is not a state dict of tensors")
+    return generator_from_state_dict(sd, ckpt.get("latent_avg"), source=path).to(map_location)
