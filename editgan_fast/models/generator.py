@@ -158,6 +158,7 @@ class Generator(torch.nn.Module):
         self.channels = dict(default_channels(channel_multiplier))
         if channels:
             self.channels.update({int(k): int(v) for k, v in channels.items()})
+        self.channels = {r: c for r, c in self.channels.items() if r <= size}
         missing = [2 ** r for r in range(2, log_size + 1) if 2 ** r not in self.channels]
         if missing:
             raise ValueError(f"channels has no entry for resolutions {missing}")

@@ -63,4 +63,29 @@ EG_HD int nearest_index(int o, int in_len, int out_len) {
   return i < in_len - 1 ? i : in_len - 1;
 }
 
+// Floor division for a possibly negative numerator and a positive divisor (C++ '/' truncates toward zero).
+EG_HD int floor_div(int a, int b) {
+  int q = a / b;
+  return (q * b > a) ? q - 1 : q;
+}
+
+// Polyphase upfirdn index math, along one axis. With the correlation filter g (g[t] = f[fh-1-t] for
+// upfirdn2d's true convolution, g = f when flip_filter), output o reads the zero-inserted, padded signal
+// at o*down + t - pad0 for t = 0..fh-1. Only positions divisible by `up` are input samples, so the taps
+// that matter start at t0 (the smallest t making o*down + t - pad0 a multiple of up) and go in steps of
+// `up`, reading input samples src0, src0 + 1, ... (src0 may be out of range: those samples are zero).
+struct PolyphaseStart {
+  int t0;
+  int src0;
+};
+
+EG_HD PolyphaseStart polyphase_start(int o, int up, int down, int pad0) {
+  int k = o * down - pad0;
+  int r = k - floor_div(k, up) * up;  // k mod up, in [0, up)
+  PolyphaseStart s;
+  s.t0 = r == 0 ? 0 : up - r;
+  s.src0 = floor_div(k + s.t0, up);
+  return s;
+}
+
 }  // namespace editgan
