@@ -8,7 +8,7 @@ import importlib
 import torch
 
 DEVICES = {"cpu"}
-_GROUPS = ("_cpu_conv", "_cpu_seg")  # modules of editgan_fast.ops, each exporting OPS: {op name: function}
+_GROUPS = ("_cpu_layers", "_cpu_seg")  # modules of editgan_fast.ops, each exporting OPS: {op name: function}
 
 
 def _native_error():

@@ -82,6 +82,10 @@ def modulated_conv2d(x, weight, styles, demodulate=True, up=1, resample_filter=N
     if wsq is not None and tuple(wsq.shape) != (cout, cin):
         raise ValueError(f"wsq must be [{cout}, {cin}], got {tuple(wsq.shape)}")
     _defaults(act, alpha, gain)
+    oh, ow = x.shape[2] * up, x.shape[3] * up
+    if skip is not None and tuple(skip.shape) != (n, cout, oh // 2, ow // 2) or skip is not None and oh % 2:
+        raise ValueError(f"skip must be [{n}, {cout}, {oh // 2}, {ow // 2}] (half the {oh}x{ow} output, which "
+                         f"must be even), got {tuple(skip.shape)}")
     if bias is not None and tuple(bias.shape) != (cout,):
         raise ValueError(f"bias must be [{cout}], got {tuple(bias.shape)}")
     return backend.resolve("modulated_conv2d", x)(

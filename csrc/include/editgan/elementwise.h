@@ -14,21 +14,24 @@ namespace editgan {
 enum class Act : int { Linear = 0, LRelu = 1 };
 
 // The StyleGAN2 layer epilogue: clamp(act(v + bias) * gain). clamp < 0 means no clamp.
-EG_HD float bias_act(float v, float bias, Act act, float alpha, float gain, float clamp) {
+// Templated on the value type so the CPU kernels run the same code in float64 (gradcheck) and float32.
+template <typename T>
+EG_HD T bias_act(T v, T bias, Act act, double alpha, double gain, double clamp) {
   v += bias;
-  if (act == Act::LRelu) v = v < 0.f ? v * alpha : v;
-  v *= gain;
-  if (clamp >= 0.f) v = v < -clamp ? -clamp : (v > clamp ? clamp : v);
+  if (act == Act::LRelu) v = v < T(0) ? v * T(alpha) : v;
+  v *= T(gain);
+  if (clamp >= 0.0) v = v < T(-clamp) ? T(-clamp) : (v > T(clamp) ? T(clamp) : v);
   return v;
 }
 
 // d bias_act / dv, evaluated at the pre-activation sum s = v + bias. Matches torch: leaky_relu's slope is
 // alpha for s <= 0, and clamp passes the gradient only where the unclamped value lies inside [-clamp, clamp].
-EG_HD float bias_act_grad(float s, Act act, float alpha, float gain, float clamp) {
-  float g = (act == Act::LRelu && !(s > 0.f)) ? alpha * gain : gain;
-  if (clamp >= 0.f) {
-    float y = s * g;
-    if (y < -clamp || y > clamp) return 0.f;
+template <typename T>
+EG_HD T bias_act_grad(T s, Act act, double alpha, double gain, double clamp) {
+  T g = (act == Act::LRelu && !(s > T(0))) ? T(alpha) * T(gain) : T(gain);
+  if (clamp >= 0.0) {
+    T y = s * g;
+    if (y < T(-clamp) || y > T(clamp)) return T(0);
   }
   return g;
 }

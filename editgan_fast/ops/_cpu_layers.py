@@ -1,0 +1,211 @@
+"""modulated_conv2d, upfirdn2d and bias_act on the `cpu` backend.
+
+The exact algebra, with the heavy products in ATen's oneDNN convolutions (they run at matmul rate) and every
+element-wise step in one native pass (csrc/cpu/epilogue.cpp):
+- styles are folded into the input: conv(x, W * s) == conv(x * s, W), so ONE convolution with the shared frozen
+  weight serves the whole batch, never a per-sample weight;
+- demodulation d[n, o] = rsqrt(sum_i wsq[o, i] s[n, i]^2 + eps) is one small matrix product, applied after the
+  convolution (it only scales output channels);
+- up=2 (stride-2 transposed conv, then the 4-tap blur) equals, per output phase (ry, rx), a 3x3 convolution at
+  LOW resolution with a combined weight precomputed once from the frozen weight: one convolution with 4*Cout
+  output channels, then depth-to-space. No multiplications by inserted zeros, no separate blur pass;
+- the skip upsampling of ToRGB is a stride-2 transposed convolution with the 4x4 filter (polyphase by nature),
+  added inside the epilogue pass;
+- the epilogue (demodulation, noise, bias, leaky ReLU, gain, clamp, skip) is one native pass forward and one
+  backward (recomputing the pre-activation instead of storing it).
+Gradients flow to the input and the styles (autograd through the convolutions, the native epilogue backward);
+weights, biases and filters are frozen and get none.
+
+The bf16 mode (backend dtype torch.bfloat16) stores layer outputs in bf16 and accumulates in fp32. Products run
+in bf16 only on CPUs with native bf16 support (oneDNN reports it); elsewhere (AVX2 machines, where oneDNN's bf16
+convolution is ~500x slower than fp32) they run in fp32 and only storage is bf16.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+
+import torch
+import torch.nn.functional as F
+
+from .. import backend
+from .bias_act import _defaults
+from .modulated_conv2d import modulated_conv2d_reference
+from .upfirdn2d import parse_padding
+
+_ACT = {"linear": 0, "lrelu": 1}
+
+
+def _native():
+    return torch.ops.editgan_fast
+
+
+def native_bf16() -> bool:
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+class _Epilogue(torch.autograd.Function):
+    """out = bias_act(y * d + noise, bias) + residual, natively; grads for y, d and residual."""
+
+    @staticmethod
+    def forward(ctx, y, d, noise, bias, residual, act, alpha, gain, clamp):
+        ctx.save_for_backward(y, d, noise, bias)
+        ctx.params = (act, alpha, gain, clamp)
+        return _native().epilogue_forward(y, d, noise, bias, residual, act, alpha, gain, clamp)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        y, d, noise, bias = ctx.saved_tensors
+        grad_y, grad_d = _native().epilogue_backward(grad_out.contiguous(), y, d, noise, bias, *ctx.params)
+        return (grad_y, grad_d if d is not None and ctx.needs_input_grad[1] else None, None, None,
+                grad_out if ctx.needs_input_grad[4] else None, None, None, None, None)
+
+
+def _epilogue(y, d=None, noise=None, bias=None, residual=None, act="linear", alpha=None, gain=None, clamp=None):
+    alpha, gain = _defaults(act, alpha, gain)
+    dtype = y.dtype
+    prep = lambda t: None if t is None else t.detach().to(dtype).contiguous()
+    if noise is not None:
+        noise = noise.reshape(-1, 1, *y.shape[2:])  # [1 | N, 1, H, W]
+    if residual is not None:
+        residual = residual.to(dtype).contiguous()
+    if d is not None:
+        d = d.to(dtype).contiguous()
+    return _Epilogue.apply(y.contiguous(), d, prep(noise), prep(bias), residual, _ACT[act], alpha, gain,
+                           -1.0 if clamp is None or clamp < 0 else float(clamp))
+
+
+# ------------------------------------------------------------------------------------------ frozen-weight caches
+class _PerWeightCache:
+    """Derived tensors of frozen weights, keyed by the weight tensor's identity and version."""
+
+    def __init__(self, build, size=256):
+        self.build, self.size, self.entries = build, size, {}
+
+    def get(self, weight, *extra):
+        key = (id(weight), weight._version, weight.dtype, *extra)
+        hit = self.entries.get(key)
+        if hit is not None and hit[0]() is weight:
+            return hit[1]
+        value = self.build(weight.detach(), *extra)
+        if len(self.entries) >= self.size:
+            self.entries.pop(next(iter(self.entries)))
+        self.entries[key] = (weakref.ref(weight), value)
+        return value
+
+
+def _phase_weight(weight, taps):
+    """[Cout, Cin, 3, 3] up=2 weight + 4-tap blur (gain 4) -> [4*Cout, Cin, 3, 3] low-resolution phase weights.
+
+    1-D derivation: the transposed conv gives t[q] = sum_j x[j] w[q - 2j]; the blur (true convolution, padding 1)
+    gives out[p] = sum_i f[3 - i] t[p + i - 1], so out[p] = sum_j x[j] c[p - 2j] with c[m] = sum_i f[3-i] w[m+i-1],
+    m = -2..3. For the phase p = 2a + r: out = sum_{e=-1..1} x[a + e] c[r - 2e], a 3-tap correlation at low
+    resolution. Output channel o*4 + ry*2 + rx then maps to pixel (2a + ry, 2b + rx) by pixel_shuffle.
+    """
+    f = torch.tensor(taps, dtype=torch.float64)
+    f2 = torch.outer(f.flip(0), f.flip(0)) * 4
+    cout, cin, k, _ = weight.shape
+    w = F.pad(weight.to(torch.float64).reshape(cout * cin, 1, k, k), [3, 3, 3, 3])
+    c = F.conv2d(w, f2[None, None])[:, 0]  # [Cout*Cin, 6, 6], index m + 2
+    rows = [torch.stack([c[:, ry + 4], c[:, ry + 2], c[:, ry]], dim=1) for ry in range(2)]  # e = -1, 0, 1
+    phases = []
+    for ry in range(2):
+        for rx in range(2):
+            r = rows[ry]  # [Cout*Cin, 3, 6]
+            phases.append(torch.stack([r[..., rx + 4], r[..., rx + 2], r[..., rx]], dim=2))
+    out = torch.stack(phases, dim=1).reshape(cout, cin, 4, 3, 3).permute(0, 2, 1, 3, 4)
+    return out.reshape(4 * cout, cin, 3, 3).to(weight.dtype).contiguous()
+
+
+_phase_weights = _PerWeightCache(lambda w, taps: _phase_weight(w, taps))
+_sum_squares = _PerWeightCache(lambda w: w.square().sum(dim=[2, 3]))
+
+
+def _skip_filter(taps, channels, dtype):
+    f = torch.tensor(taps, dtype=torch.float64)
+    f = f / f.sum()
+    return (torch.outer(f, f) * 4).to(dtype).expand(channels, 1, len(taps), len(taps)).contiguous()
+
+
+# ------------------------------------------------------------------------------------------------------- ops
+def _storage_dtype(x):
+    return torch.bfloat16 if backend.compute_dtype(x.dtype) == torch.bfloat16 else x.dtype
+
+
+def modulated_conv2d_cpu(x, weight, styles, demodulate=True, up=1, resample_filter=None, wsq=None, noise=None,
+                         bias=None, act="linear", alpha=None, gain=None, clamp=None, skip=None, eps=1e-8):
+    k = weight.shape[-1]
+    taps = None if resample_filter is None else tuple(resample_filter.tolist())
+    if up == 2 and (k != 3 or len(taps) != 4):
+        # Only StyleGAN2's 3x3 + [1,3,3,1] up-conv has the precomputed phase form; others take the oracle.
+        return modulated_conv2d_reference(x, weight, styles, demodulate, up, resample_filter, wsq, noise, bias,
+                                          act, alpha, gain, clamp, skip, eps)
+    store = _storage_dtype(x)
+    bf16_products = store == torch.bfloat16 and native_bf16()
+    compute = torch.bfloat16 if bf16_products else (torch.float32 if x.dtype == torch.bfloat16 else x.dtype)
+    w = weight if weight.dtype == compute else weight.detach().to(compute)
+    xs = x.to(compute) * styles.to(compute)[:, :, None, None]
+    if up == 1:
+        y = F.conv2d(xs, w.detach(), padding=k // 2)
+    else:
+        y = F.pixel_shuffle(F.conv2d(xs, _phase_weights.get(w, taps), padding=1), 2)
+    y = y.to(torch.float32 if compute == torch.bfloat16 else compute)
+    d = None
+    if demodulate:
+        sq = (wsq.detach() if wsq is not None else _sum_squares.get(weight)).to(y.dtype)
+        d = torch.rsqrt(styles.to(y.dtype).square() @ sq.t() + eps)
+    residual = None
+    if skip is not None:
+        residual = F.conv_transpose2d(skip.to(y.dtype), _skip_filter(taps, skip.shape[1], y.dtype), stride=2,
+                                      padding=1, groups=skip.shape[1])
+    out = _epilogue(y, d, noise, bias, residual, act, alpha, gain, clamp)
+    return out.to(store) if store != out.dtype else out
+
+
+def bias_act_cpu(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=None):
+    shape = x.shape
+    outer = math.prod(shape[:dim])
+    channels = shape[dim] if x.ndim else 1
+    inner = math.prod(shape[dim + 1:])
+    if b is not None and b.requires_grad:
+        raise ValueError("the cpu backend treats biases as frozen; use the reference backend to train them")
+    store = _storage_dtype(x)
+    xv = x.reshape(outer, channels, inner, 1)
+    if xv.dtype == torch.bfloat16:
+        xv = xv.float()
+    out = _epilogue(xv, None, None, b, None, act, alpha, gain, clamp).reshape(shape)
+    return out.to(store) if store != out.dtype else out
+
+
+def upfirdn2d_cpu(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1.0):
+    """Polyphase: up > 1 is a stride-`up` transposed convolution (it never multiplies inserted zeros), then the
+    padding is applied as a crop/pad of its full output; down > 1 is a strided convolution."""
+    px0, px1, py0, py1 = parse_padding(padding)
+    n, c, h, w = x.shape
+    dtype = torch.float32 if x.dtype == torch.bfloat16 else x.dtype
+    f = f.detach().to(dtype)
+    if not flip_filter:
+        f = f.flip(list(range(f.ndim)))  # true convolution = correlation with the flipped filter
+    if f.ndim == 1:
+        f = torch.outer(f, f) * gain
+    else:
+        f = f * gain
+    fh, fw = f.shape
+    xx = x.to(dtype)
+    if up > 1:
+        # conv_transpose(x, g)[q] = sum_j x[j] g[q - up*j] and out[p] = that at q = p + F - 1 - pad0 with g = the
+        # unflipped filter: crop/pad the full output accordingly, then stride by `down`.
+        g = f.flip([0, 1])
+        full = F.conv_transpose2d(xx, g.expand(c, 1, fh, fw).contiguous(), stride=up, groups=c)
+        oh, ow = h * up + py0 + py1 - fh + 1, w * up + px0 + px1 - fw + 1
+        top, left = fh - 1 - py0, fw - 1 - px0
+        full = F.pad(full, [-left, ow - (full.shape[3] - left), -top, oh - (full.shape[2] - top)])
+        out = full[:, :, ::down, ::down]
+    else:
+        xx = F.pad(xx, [px0, px1, py0, py1])
+        out = F.conv2d(xx, f.expand(c, 1, fh, fw).contiguous(), stride=down, groups=c)
+    store = _storage_dtype(x)
+    return out.to(store) if store != out.dtype else out
+
+
+OPS = {"modulated_conv2d": modulated_conv2d_cpu, "bias_act": bias_act_cpu, "upfirdn2d": upfirdn2d_cpu}
