@@ -1,0 +1,495 @@
+// The segmentation head (DatasetGAN pixel-classifier ensemble) on CPU, tiled over output pixels.
+//
+// Python (editgan_fast/ops/_cpu_seg.py) groups the feature maps by resolution and hands each group over as a
+// channel-last "source" [N, rows, cols, K] covering only the source rows/cols the requested pixels touch:
+// - a projected group: K = E*H1, the first Linear layer already applied at the map's own resolution
+//   (exact: a linear layer commutes with per-channel bilinear/nearest resampling), fp32/fp64 or bf16 storage;
+// - a direct group (maps with at least as many needed source pixels as output pixels, e.g. maps already at
+//   output resolution): K = C_g raw feature channels, resampled per tile and projected per tile with its
+//   columns of W1 (`direct_weights[g]`, [E*H1, C_g]), because projecting them up front is the same work.
+// Per tile of output pixels (a run of the row-major pixel list: the whole crop, or a region's pixels):
+//   h = b1 + sum_g resample(source_g) [@ W1_g^T]; ReLU; per member Linear(+folded BN), ReLU, Linear(+folded BN);
+//   mean over members -> out[n, :, tile]. Nothing at full resolution larger than the output is ever built.
+// Backward recomputes the tile, pushes dL/dlogits back to dL/dh and scatters it with the same tap weights into
+// per-group gradients at source resolution (dL/dP_g for projected groups, dL/dfeatures for direct ones);
+// Python finishes with dL/df = W1_g^T dL/dP_g at native resolution.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <mutex>
+#include <vector>
+
+#include "editgan/elementwise.h"
+
+namespace {
+
+// Run-time ISA selection for the gather/scatter loops (the GEMMs go to ATen's BLAS, which selects its own).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define EG_CLONES __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+#define EG_INLINE __attribute__((always_inline)) inline  // so the clones get the body compiled for their ISA
+#else
+#define EG_CLONES
+#define EG_INLINE inline
+#endif
+
+enum Mode : int64_t { kBilinear = 0, kNearest = 1 };
+
+EG_INLINE float bf16_to_float(uint16_t v) {
+  uint32_t u = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+EG_INLINE float load(float v) { return v; }
+EG_INLINE double load(double v) { return v; }
+EG_INLINE float load(uint16_t v) { return bf16_to_float(v); }
+
+// dst[k] = init[k] (or 0) + sum_j w[j] src[j][k]: the taps of one output pixel in one group, summed in blocks
+// of k so dst is written once instead of read and written per tap. Portable form (float64, and the last
+// K % 8 channels of the fp32 path below).
+template <typename S, typename D>
+EG_INLINE void gather_block(D* dst, const D* init, const S* const* src, const float* w, int ntaps,
+                         int64_t k0, int64_t len) {
+  constexpr int64_t B = 64;
+  D acc[B];
+  for (int64_t i = 0; i < B; ++i) acc[i] = (init && i < len) ? init[k0 + i] : D(0);
+  for (int j = 0; j < ntaps; ++j) {
+    const S* sj = src[j] + k0;
+    const D wj = w[j];
+    if (len == B) {
+      for (int64_t i = 0; i < B; ++i) acc[i] += wj * load(sj[i]);
+    } else {
+      for (int64_t i = 0; i < len; ++i) acc[i] += wj * load(sj[i]);
+    }
+  }
+  for (int64_t i = 0; i < len; ++i) dst[k0 + i] = acc[i];
+}
+
+template <typename S, typename D>
+EG_INLINE void gather_taps_impl(D* dst, const D* init, const S* const* src, const float* w, int ntaps, int64_t K) {
+  for (int64_t k0 = 0; k0 < K; k0 += 64) gather_block(dst, init, src, w, ntaps, k0, std::min<int64_t>(64, K - k0));
+}
+
+// fp32 destination: GCC vector types, so the 64-float accumulator block provably lives in 8 registers (an
+// array of floats gets spilled to the stack) and each clone compiles them to its own ISA.
+typedef float f8 __attribute__((vector_size(32)));
+typedef float f8u __attribute__((vector_size(32), aligned(4)));
+typedef uint16_t u16x8u __attribute__((vector_size(16), aligned(2)));
+typedef uint32_t u32x8 __attribute__((vector_size(32)));
+
+EG_INLINE f8 load8(const float* p) { return *reinterpret_cast<const f8u*>(p); }
+EG_INLINE f8 load8(const uint16_t* p) {
+  u32x8 bits = __builtin_convertvector(*reinterpret_cast<const u16x8u*>(p), u32x8) << 16;
+  f8 v;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+EG_INLINE void store8(float* p, f8 v) { *reinterpret_cast<f8u*>(p) = v; }
+
+template <typename S>
+EG_INLINE void gather_taps_f32(float* dst, const float* init, const S* const* src, const float* w, int ntaps,
+                               int64_t K) {
+  int64_t k0 = 0;
+  for (; k0 + 64 <= K; k0 += 64) {
+    f8 acc[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) acc[i] = init ? load8(init + k0 + 8 * i) : f8{};
+    for (int j = 0; j < ntaps; ++j) {
+      const S* sj = src[j] + k0;
+      const f8 wj = f8{} + w[j];
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) acc[i] += wj * load8(sj + 8 * i);
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) store8(dst + k0 + 8 * i, acc[i]);
+  }
+  for (; k0 + 8 <= K; k0 += 8) {
+    f8 acc = init ? load8(init + k0) : f8{};
+    for (int j = 0; j < ntaps; ++j) acc += (f8{} + w[j]) * load8(src[j] + k0);
+    store8(dst + k0, acc);
+  }
+  if (k0 < K) gather_block(dst, init, src, w, ntaps, k0, K - k0);
+}
+
+EG_CLONES void gather_taps(float* dst, const float* init, const float* const* src, const float* w, int ntaps,
+                           int64_t K) {
+  gather_taps_f32(dst, init, src, w, ntaps, K);
+}
+EG_CLONES void gather_taps(float* dst, const float* init, const uint16_t* const* src, const float* w, int ntaps,
+                           int64_t K) {
+  gather_taps_f32(dst, init, src, w, ntaps, K);
+}
+void gather_taps(double* dst, const double* init, const double* const* src, const float* w, int ntaps, int64_t K) {
+  gather_taps_impl(dst, init, src, w, ntaps, K);
+}
+
+// y[k] += w x[k]: the adjoint of one tap, in backward.
+EG_CLONES void axpy(float* __restrict y, const float* __restrict x, float w, int64_t K) {
+  for (int64_t k = 0; k < K; ++k) y[k] += w * x[k];
+}
+void axpy(double* __restrict y, const double* __restrict x, double w, int64_t K) {
+  for (int64_t k = 0; k < K; ++k) y[k] += w * x[k];
+}
+
+// Taps of every output row (or column) for one source length, with the source offset already subtracted.
+// Nearest uses i0 only (w0 = 1).
+std::vector<editgan::LinearTaps> taps_table(int64_t src_len, int64_t offset, int64_t out_len, int64_t mode) {
+  std::vector<editgan::LinearTaps> t(out_len);
+  for (int64_t o = 0; o < out_len; ++o) {
+    if (mode == kBilinear) {
+      t[o] = editgan::linear_taps((int)o, (int)src_len, (int)out_len);
+    } else {
+      int i = editgan::nearest_index((int)o, (int)src_len, (int)out_len);
+      t[o] = {i, i, 1.f, 0.f};
+    }
+    t[o].i0 -= (int)offset;
+    t[o].i1 -= (int)offset;
+  }
+  return t;
+}
+
+// The source rows [lo, hi] (inclusive) that output indices [o0, o1) read; Python crops sources to them.
+std::vector<int64_t> seg_head_source_range(int64_t src_len, int64_t out_len, int64_t o0, int64_t o1,
+                                           int64_t mode) {
+  TORCH_CHECK(src_len > 0 && out_len > 0 && 0 <= o0 && o0 < o1 && o1 <= out_len,
+              "seg_head_source_range: bad range [", o0, ", ", o1, ") of ", out_len);
+  int64_t lo = src_len, hi = -1;
+  auto table = taps_table(src_len, 0, out_len, mode);
+  for (int64_t o = o0; o < o1; ++o) {
+    lo = std::min<int64_t>(lo, table[o].i0);
+    hi = std::max<int64_t>(hi, mode == kBilinear ? table[o].i1 : table[o].i0);
+  }
+  return {lo, hi};
+}
+
+// Everything the tile loops share: the groups' sources, taps and weights, and the MLP tail.
+struct Head {
+  std::vector<at::Tensor> sources, direct;
+  std::vector<std::vector<editgan::LinearTaps>> ty, tx;
+  std::vector<int64_t> rows, cols;
+  const int32_t* py;
+  const int32_t* px;
+  int64_t npix, mode, N, EH1, E, H1, H2, C, tile;
+  at::Tensor b1, w2t, w2, b2, w3s, b3mean;  // w2t [E,H1,H2], w3s [C, E*H2] pre-scaled by 1/E
+  at::ScalarType dtype;                     // compute dtype: float or double
+  bool projected_bf16 = false;              // projected groups stored in bf16 (all of them, or none)
+};
+
+Head make_head(const std::vector<at::Tensor>& sources, const std::vector<at::Tensor>& direct,
+               at::IntArrayRef sizes, at::IntArrayRef offsets, const at::Tensor& pix_y, const at::Tensor& pix_x,
+               int64_t out_h, int64_t out_w, int64_t mode, const at::Tensor& b1, const at::Tensor& w2,
+               const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3, int64_t tile_pixels) {
+  Head h;
+  const int64_t G = (int64_t)sources.size();
+  TORCH_CHECK(G > 0 && (int64_t)direct.size() == G && (int64_t)sizes.size() == 2 * G &&
+                  (int64_t)offsets.size() == 2 * G,
+              "seg_head: sources, direct_weights, source_sizes and source_offsets must describe the same groups");
+  TORCH_CHECK(mode == kBilinear || mode == kNearest, "seg_head: mode must be 0 (bilinear) or 1 (nearest)");
+  TORCH_CHECK(pix_y.scalar_type() == at::kInt && pix_x.scalar_type() == at::kInt && pix_y.is_contiguous() &&
+                  pix_x.is_contiguous() && pix_y.numel() == pix_x.numel(),
+              "seg_head: pixel coordinates must be contiguous int32 vectors of equal length");
+  h.dtype = b1.scalar_type();
+  TORCH_CHECK(h.dtype == at::kFloat || h.dtype == at::kDouble, "seg_head: weights must be float32 or float64");
+  h.E = w2.size(0);
+  h.H2 = w2.size(1);
+  h.H1 = w2.size(2);
+  h.EH1 = h.E * h.H1;
+  h.C = w3.size(1);
+  TORCH_CHECK(b1.dim() == 1 && b1.size(0) == h.EH1 && b2.sizes() == at::IntArrayRef({h.E, h.H2}) &&
+                  w3.sizes() == at::IntArrayRef({h.E, h.C, h.H2}) && b3.sizes() == at::IntArrayRef({h.E, h.C}),
+              "seg_head: inconsistent MLP weight shapes");
+  h.N = sources[0].size(0);
+  h.npix = pix_y.numel();
+  h.py = pix_y.data_ptr<int32_t>();
+  h.px = pix_x.data_ptr<int32_t>();
+  h.mode = mode;
+  bool seen_projected = false;
+  for (int64_t g = 0; g < G; ++g) {
+    const at::Tensor& s = sources[g];
+    TORCH_CHECK(s.dim() == 4 && s.is_contiguous() && s.size(0) == h.N, "seg_head: source ", g,
+                " must be a contiguous [N, rows, cols, K] tensor with the batch of source 0");
+    const bool is_direct = direct[g].numel() > 0;
+    if (is_direct) {
+      TORCH_CHECK(s.scalar_type() == h.dtype && direct[g].scalar_type() == h.dtype &&
+                      direct[g].sizes() == at::IntArrayRef({h.EH1, s.size(3)}),
+                  "seg_head: direct group ", g, " needs features and a [E*H1, K] weight in the compute dtype");
+    } else {
+      TORCH_CHECK(s.size(3) == h.EH1, "seg_head: projected group ", g, " must have E*H1 channels");
+      TORCH_CHECK(s.scalar_type() == h.dtype || (h.dtype == at::kFloat && s.scalar_type() == at::kBFloat16),
+                  "seg_head: projected group ", g, " must be stored in the compute dtype or bfloat16");
+      const bool bf16 = s.scalar_type() == at::kBFloat16;
+      TORCH_CHECK(!seen_projected || bf16 == h.projected_bf16,
+                  "seg_head: projected groups must all share one storage dtype");
+      h.projected_bf16 = bf16;
+      seen_projected = true;
+    }
+    h.rows.push_back(s.size(1));
+    h.cols.push_back(s.size(2));
+    h.ty.push_back(taps_table(sizes[2 * g], offsets[2 * g], out_h, mode));
+    h.tx.push_back(taps_table(sizes[2 * g + 1], offsets[2 * g + 1], out_w, mode));
+    // Every tap of a requested pixel must land inside the stored window (Python crops it to these taps).
+    if (h.npix > 0) {
+      auto inside = [](const std::vector<editgan::LinearTaps>& t, int64_t o, int64_t len) {
+        return t[o].i0 >= 0 && t[o].i0 < len && t[o].i1 >= 0 && t[o].i1 < len;
+      };
+      const int64_t y_first = h.py[0], y_last = h.py[h.npix - 1];
+      TORCH_CHECK(y_first >= 0 && y_last < out_h && inside(h.ty[g], y_first, s.size(1)) &&
+                      inside(h.ty[g], y_last, s.size(1)),
+                  "seg_head: source ", g, " does not cover the requested rows");
+    }
+    h.sources.push_back(s);
+    h.direct.push_back(direct[g]);
+  }
+  for (int64_t i = 0; i < h.npix; ++i) {
+    TORCH_CHECK(h.px[i] >= 0 && h.px[i] < out_w && (i == 0 || h.py[i] >= h.py[i - 1]),
+                "seg_head: pixel list must be row-major inside the output");
+    for (int64_t g = 0; g < G; ++g) {
+      const auto& t = h.tx[g][h.px[i]];
+      TORCH_CHECK(t.i0 >= 0 && t.i1 >= 0 && t.i0 < h.cols[g] && t.i1 < h.cols[g], "seg_head: source ", g,
+                  " does not cover the requested columns");
+    }
+  }
+  h.b1 = b1;
+  h.w2 = w2;
+  h.w2t = w2.transpose(1, 2);
+  h.b2 = b2.unsqueeze(1);
+  h.w3s = w3.permute({1, 0, 2}).reshape({h.C, h.E * h.H2}) / (double)h.E;
+  h.b3mean = b3.mean(0);
+  // By default, tiles sized so the [tile, E*H1] hidden block stays well inside a 1 MiB L2.
+  h.tile = tile_pixels > 0 ? tile_pixels
+                           : std::max<int64_t>(16, std::min<int64_t>(256, (96 * 1024) / std::max<int64_t>(h.EH1, 1)));
+  return h;
+}
+
+// Appends the taps of output pixel (y, x) in group g (nonzero weights only: a map at output size, or a pixel
+// at the border, has fewer than 4) to src/w.
+template <typename S>
+void pixel_taps(const Head& hd, int64_t g, int64_t n, int64_t y, int64_t x, const S** src, float* w, int& ntaps) {
+  const at::Tensor& s = hd.sources[g];
+  const int64_t K = s.size(3), cols = hd.cols[g];
+  const S* base = reinterpret_cast<const S*>(s.data_ptr()) + n * hd.rows[g] * cols * K;
+  const auto& ty = hd.ty[g][y];
+  const auto& tx = hd.tx[g][x];
+  auto add = [&](int64_t iy, int64_t ix, float wt) {
+    if (wt != 0.f) {
+      src[ntaps] = base + (iy * cols + ix) * K;
+      w[ntaps++] = wt;
+    }
+  };
+  if (hd.mode == kNearest) {
+    add(ty.i0, tx.i0, 1.f);
+  } else {
+    add(ty.i0, tx.i0, ty.w0 * tx.w0);
+    add(ty.i0, tx.i1, ty.w0 * tx.w1);
+    add(ty.i1, tx.i0, ty.w1 * tx.w0);
+    add(ty.i1, tx.i1, ty.w1 * tx.w1);
+  }
+}
+
+// The tile's pre-activation h [T, E*H1] = b1 + all groups' contributions.
+template <typename scalar_t>
+void hidden_tile(const Head& hd, int64_t n, int64_t p0, int64_t T, at::Tensor& h, at::Tensor& buf) {
+  // buf: flat scratch of at least T * K for the direct groups' resampled features.
+  const int64_t G = (int64_t)hd.sources.size();
+  const bool bf16 = hd.projected_bf16;
+  std::vector<const void*> src(4);
+  std::vector<float> w(4);
+  scalar_t* hp = h.data_ptr<scalar_t>();
+  const scalar_t* b1 = hd.b1.data_ptr<scalar_t>();
+  // Group by group (a few source streams at a time, which the hardware prefetchers follow; all groups' taps
+  // at once would be ~28 streams), each pixel's taps summed in registers and added to h once.
+  bool first = true;
+  for (int64_t g = 0; g < G; ++g) {
+    if (hd.direct[g].numel() > 0) continue;
+    for (int64_t t = 0; t < T; ++t) {
+      int ntaps = 0;
+      const int64_t y = hd.py[p0 + t], x = hd.px[p0 + t];
+      scalar_t* d = hp + t * hd.EH1;
+      const scalar_t* init = first ? b1 : d;
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        if (bf16) {
+          pixel_taps(hd, g, n, y, x, reinterpret_cast<const uint16_t**>(src.data()), w.data(), ntaps);
+          gather_taps(d, init, reinterpret_cast<const uint16_t* const*>(src.data()), w.data(), ntaps, hd.EH1);
+          continue;
+        }
+      }
+      pixel_taps(hd, g, n, y, x, reinterpret_cast<const scalar_t**>(src.data()), w.data(), ntaps);
+      gather_taps(d, init, reinterpret_cast<const scalar_t* const*>(src.data()), w.data(), ntaps, hd.EH1);
+    }
+    first = false;
+  }
+  if (first) h.copy_(hd.b1.unsqueeze(0).expand({T, hd.EH1}));  // no projected group
+  for (int64_t g = 0; g < G; ++g) {
+    if (hd.direct[g].numel() == 0) continue;
+    const int64_t K = hd.sources[g].size(3);
+    scalar_t* bp = buf.data_ptr<scalar_t>();
+    for (int64_t t = 0; t < T; ++t) {
+      int ntaps = 0;
+      pixel_taps(hd, g, n, hd.py[p0 + t], hd.px[p0 + t], reinterpret_cast<const scalar_t**>(src.data()),
+                 w.data(), ntaps);
+      gather_taps(bp + t * K, static_cast<const scalar_t*>(nullptr), reinterpret_cast<const scalar_t* const*>(src.data()),
+                  w.data(), ntaps, K);
+    }
+    h.addmm_(buf.narrow(0, 0, T * K).view({T, K}), hd.direct[g].t());
+  }
+}
+
+int64_t max_direct_channels(const Head& hd) {
+  int64_t k = 1;
+  for (size_t g = 0; g < hd.sources.size(); ++g)
+    if (hd.direct[g].numel() > 0) k = std::max<int64_t>(k, hd.sources[g].size(3));
+  return k;
+}
+
+template <typename scalar_t>
+void forward_impl(const Head& hd, at::Tensor& out) {
+  const int64_t ntiles = (hd.npix + hd.tile - 1) / hd.tile;
+  const auto opts = out.options();
+  const int64_t kbuf = max_direct_channels(hd);
+  for (int64_t n = 0; n < hd.N; ++n) {
+    at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
+      at::NoGradGuard no_grad;
+      at::Tensor hbuf = at::empty({hd.tile, hd.EH1}, opts), dbuf = at::empty({hd.tile * kbuf}, opts);
+      for (int64_t ti = t0; ti < t1; ++ti) {
+        const int64_t p0 = ti * hd.tile, T = std::min(hd.tile, hd.npix - p0);
+        at::Tensor h = hbuf.narrow(0, 0, T);
+        hidden_tile<scalar_t>(hd, n, p0, T, h, dbuf);
+        h.relu_();
+        at::Tensor z = at::bmm(h.view({T, hd.E, hd.H1}).transpose(0, 1), hd.w2t);  // [E, T, H2]
+        z.add_(hd.b2).relu_();
+        at::Tensor logits = at::addmm(hd.b3mean, z.transpose(0, 1).reshape({T, hd.E * hd.H2}), hd.w3s.t());
+        out[n].narrow(1, p0, T).copy_(logits.t());
+      }
+    });
+  }
+}
+
+// Per-thread accumulation window of one group's source-resolution gradient: the rows its pixel run touches.
+struct Window {
+  int64_t row0 = 0, nrows = 0;
+  at::Tensor acc;  // [nrows, cols, K]
+};
+
+template <typename scalar_t>
+std::vector<at::Tensor> backward_impl(const Head& hd, const at::Tensor& grad_out) {
+  const int64_t G = (int64_t)hd.sources.size();
+  const int64_t ntiles = (hd.npix + hd.tile - 1) / hd.tile;
+  const auto opts = hd.b1.options();
+  const int64_t kbuf = max_direct_channels(hd);
+  std::vector<at::Tensor> grads;
+  for (int64_t g = 0; g < G; ++g)
+    grads.push_back(at::zeros({hd.N, hd.rows[g], hd.cols[g], hd.sources[g].size(3)}, opts));
+  std::mutex merge;
+  for (int64_t n = 0; n < hd.N; ++n) {
+    at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
+      at::NoGradGuard no_grad;
+      const int64_t pbeg = t0 * hd.tile, pend = std::min(hd.npix, t1 * hd.tile);
+      std::vector<Window> win(G);
+      for (int64_t g = 0; g < G; ++g) {
+        // Pixels are row-major, so the run's source rows lie between the taps of its first and last row.
+        const auto& first = hd.ty[g][hd.py[pbeg]];
+        const auto& last = hd.ty[g][hd.py[pend - 1]];
+        win[g].row0 = std::min(first.i0, first.i1);
+        win[g].nrows = std::max(last.i0, last.i1) - win[g].row0 + 1;
+        win[g].acc = at::zeros({win[g].nrows, hd.cols[g], hd.sources[g].size(3)}, opts);
+      }
+      at::Tensor hbuf = at::empty({hd.tile, hd.EH1}, opts), dbuf = at::empty({hd.tile * kbuf}, opts);
+      for (int64_t ti = t0; ti < t1; ++ti) {
+        const int64_t p0 = ti * hd.tile, T = std::min(hd.tile, hd.npix - p0);
+        at::Tensor a1 = hbuf.narrow(0, 0, T);
+        hidden_tile<scalar_t>(hd, n, p0, T, a1, dbuf);
+        a1.relu_();
+        at::Tensor z = at::bmm(a1.view({T, hd.E, hd.H1}).transpose(0, 1), hd.w2t);
+        z.add_(hd.b2).relu_();
+        // dL/dlogits_e = dL/dmean / E (folded into w3s); back through Linear, ReLU, Linear, ReLU.
+        at::Tensor ga2 = at::mm(grad_out[n].narrow(1, p0, T).t(), hd.w3s);  // [T, E*H2]
+        at::Tensor gz = at::threshold_backward(ga2.view({T, hd.E, hd.H2}).transpose(0, 1), z, 0);
+        at::Tensor ga1 = at::bmm(gz, hd.w2);  // [E, T, H1]
+        at::Tensor gh = at::threshold_backward(ga1.transpose(0, 1), a1.view({T, hd.E, hd.H1}), 0)
+                            .contiguous()
+                            .view({T, hd.EH1});
+        for (int64_t g = 0; g < G; ++g) {
+          at::Tensor gsrc = gh;
+          if (hd.direct[g].numel() > 0) gsrc = at::mm(gh, hd.direct[g]).contiguous();  // [T, C_g]
+          const int64_t K = gsrc.size(1), cols = hd.cols[g];
+          const scalar_t* gp = gsrc.data_ptr<scalar_t>();
+          scalar_t* acc = win[g].acc.template data_ptr<scalar_t>();
+          const int64_t r0 = win[g].row0;
+          for (int64_t t = 0; t < T; ++t) {
+            const auto& ty = hd.ty[g][hd.py[p0 + t]];
+            const auto& tx = hd.tx[g][hd.px[p0 + t]];
+            const scalar_t* src = gp + t * K;
+            if (hd.mode == kNearest) {
+              axpy(acc + ((ty.i0 - r0) * cols + tx.i0) * K, src, 1.f, K);
+            } else {
+              axpy(acc + ((ty.i0 - r0) * cols + tx.i0) * K, src, ty.w0 * tx.w0, K);
+              axpy(acc + ((ty.i0 - r0) * cols + tx.i1) * K, src, ty.w0 * tx.w1, K);
+              axpy(acc + ((ty.i1 - r0) * cols + tx.i0) * K, src, ty.w1 * tx.w0, K);
+              axpy(acc + ((ty.i1 - r0) * cols + tx.i1) * K, src, ty.w1 * tx.w1, K);
+            }
+          }
+        }
+      }
+      std::lock_guard<std::mutex> lock(merge);
+      for (int64_t g = 0; g < G; ++g) grads[g][n].narrow(0, win[g].row0, win[g].nrows).add_(win[g].acc);
+    });
+  }
+  return grads;
+}
+
+at::Tensor seg_head_forward(at::TensorList sources, at::TensorList direct, at::IntArrayRef sizes,
+                            at::IntArrayRef offsets, const at::Tensor& pix_y, const at::Tensor& pix_x,
+                            int64_t out_h, int64_t out_w, int64_t mode, const at::Tensor& b1, const at::Tensor& w2,
+                            const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3, int64_t tile_pixels) {
+  Head hd = make_head(sources.vec(), direct.vec(), sizes, offsets, pix_y, pix_x, out_h, out_w, mode, b1, w2, b2,
+                      w3, b3, tile_pixels);
+  at::Tensor out = at::empty({hd.N, hd.C, hd.npix}, b1.options());
+  if (hd.npix == 0) return out;
+  if (hd.dtype == at::kFloat) forward_impl<float>(hd, out);
+  else forward_impl<double>(hd, out);
+  return out;
+}
+
+std::vector<at::Tensor> seg_head_backward(const at::Tensor& grad_out, at::TensorList sources,
+                                          at::TensorList direct, at::IntArrayRef sizes, at::IntArrayRef offsets,
+                                          const at::Tensor& pix_y, const at::Tensor& pix_x, int64_t out_h,
+                                          int64_t out_w, int64_t mode, const at::Tensor& b1, const at::Tensor& w2,
+                                          const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3, int64_t tile_pixels) {
+  Head hd = make_head(sources.vec(), direct.vec(), sizes, offsets, pix_y, pix_x, out_h, out_w, mode, b1, w2, b2,
+                      w3, b3, tile_pixels);
+  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({hd.N, hd.C, hd.npix}) && grad_out.scalar_type() == hd.dtype,
+              "seg_head_backward: grad_out must be [N, C, P] in the compute dtype");
+  if (hd.npix == 0) {
+    std::vector<at::Tensor> zeros;
+    for (size_t g = 0; g < hd.sources.size(); ++g)
+      zeros.push_back(at::zeros({hd.N, hd.rows[g], hd.cols[g], hd.sources[g].size(3)}, b1.options()));
+    return zeros;
+  }
+  if (hd.dtype == at::kFloat) return backward_impl<float>(hd, grad_out);
+  return backward_impl<double>(hd, grad_out);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(editgan_fast, m) {
+  m.def("seg_head_source_range(int src_len, int out_len, int o0, int o1, int mode) -> int[]",
+        &seg_head_source_range);
+  m.def(
+      "seg_head_forward(Tensor[] sources, Tensor[] direct_weights, int[] source_sizes, int[] source_offsets, "
+      "Tensor pix_y, Tensor pix_x, int out_h, int out_w, int mode, Tensor b1, Tensor w2, Tensor b2, Tensor w3, "
+      "Tensor b3, int tile_pixels=0) -> Tensor");
+  m.def(
+      "seg_head_backward(Tensor grad_out, Tensor[] sources, Tensor[] direct_weights, int[] source_sizes, "
+      "int[] source_offsets, Tensor pix_y, Tensor pix_x, int out_h, int out_w, int mode, Tensor b1, Tensor w2, "
+      "Tensor b2, Tensor w3, Tensor b3, int tile_pixels=0) -> Tensor[]");
+}
+
+TORCH_LIBRARY_IMPL(editgan_fast, CPU, m) {
+  m.impl("seg_head_forward", &seg_head_forward);
+  m.impl("seg_head_backward", &seg_head_backward);
+}

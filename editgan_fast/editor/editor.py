@@ -1,0 +1,358 @@
+"""The editing engine: sample or embed an image, segment it, learn an editing vector from an edited label
+map, apply vectors at any scale in real time, refine the result.
+
+Only latents are ever optimized: the editor freezes every model it is given.
+The real-time path (`apply`): the per-layer style coefficients are affine in w+, styles(w + Σ sᵢδᵢ) =
+styles(w) + Σ sᵢ styles(δᵢ, bias=False), so the editor caches styles(w) per Latent and styles(δᵢ) per vector;
+a new set of scales costs a weighted sum of cached tensors and one synthesis, and a batch of scales is one batch.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+import warnings
+import weakref
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .. import io
+from . import losses
+from .progress import ProgressBar
+from .vectors import EditVector
+
+StepCallback = Callable[[int, dict, torch.Tensor], None]
+LEARN_LR = 0.02          # EditGAN's editing optimizer (Adam, constant)
+EMBED_PEAK_LR = 0.1      # EditGAN's embedding optimizer (Adam, cosine ramp, get_lr(t, 0.1))
+EMBED_LPIPS_WEIGHT = 10.0
+EMBED_MSE_WEIGHT = 1.0
+EMBED_ENCODER_WEIGHT = 1.0
+
+
+class Latent:
+    """A w+ latent [num_ws, style_dim] (float32, detached). Treat it as immutable: the editor caches its styles."""
+
+    def __init__(self, wplus: torch.Tensor):
+        if not isinstance(wplus, torch.Tensor) or not wplus.is_floating_point():
+            raise ValueError(f"a Latent wraps a float tensor [num_ws, style_dim], got {type(wplus).__name__}")
+        if wplus.ndim == 3 and wplus.shape[0] == 1:
+            wplus = wplus[0]
+        if wplus.ndim != 2:
+            raise ValueError(f"a Latent wraps w+ of shape [num_ws, style_dim], got {tuple(wplus.shape)}")
+        self.wplus = wplus.detach().float()
+
+    def __repr__(self):
+        return f"Latent({tuple(self.wplus.shape)})"
+
+
+@dataclass
+class Result:
+    """image [3, H, W] in [-1, 1] and labels [h, w] (int64); with a batch of scales, [B, 3, H, W] / [B, h, w]."""
+    image: torch.Tensor
+    labels: torch.Tensor
+
+
+def embedding_lr(t: float, peak: float = EMBED_PEAK_LR, rampdown: float = 0.25, rampup: float = 0.05) -> float:
+    """EditGAN's learning-rate schedule (from StyleGAN2's projector): linear warm-up over the first 5% of the
+    steps, cosine ramp-down over the last 25%."""
+    ramp = min(1.0, (1 - t) / rampdown)
+    ramp = 0.5 - 0.5 * math.cos(ramp * math.pi)
+    return peak * ramp * min(1.0, t / rampup)
+
+
+class Editor:
+    """`Editor(generator, segmenter, encoder=None, lpips=None)`; see the module docstring.
+
+    `progress`: draw a progress bar on stderr during optimizing calls (default: when stderr is a terminal).
+    `noise_mode`: the generator's noise during editing ("const", the stored noise, as EditGAN).
+    `learn_lr`: Adam's learning rate in `learn_vector` and `refine` (EditGAN's 0.02 for trained generators).
+    """
+
+    def __init__(self, generator, segmenter, encoder=None, lpips=None, progress: bool | None = None,
+                 noise_mode: str = "const", learn_lr: float = LEARN_LR):
+        dim = sum(int(c) for c in generator.feature_channels)
+        if segmenter.in_features != dim:
+            raise ValueError(f"the segmenter classifies {segmenter.in_features} feature channels, the generator's "
+                             f"feature maps have {dim}: they do not belong together")
+        self.generator = _frozen(generator)
+        self.segmenter = _frozen(segmenter)
+        self.encoder = _frozen(encoder) if encoder is not None else None
+        self.lpips = _frozen(lpips) if lpips is not None else None
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.noise_mode = noise_mode
+        self.learn_lr = learn_lr
+        self.fingerprint = generator.fingerprint()
+        self._latent_styles = weakref.WeakKeyDictionary()   # Latent -> styles(w)
+        self._vector_styles = weakref.WeakKeyDictionary()   # EditVector -> styles(δ, bias=False)
+        self._warned_no_lpips = False
+
+    # ----------------------------------------------------------------------------------------- basics
+    @property
+    def device(self) -> torch.device:
+        tensors = itertools.chain(self.generator.parameters(), self.generator.buffers())
+        return next(tensors, torch.empty(0)).device
+
+    @property
+    def num_classes(self) -> int:
+        return self.segmenter.num_classes
+
+    def latent(self, wplus) -> Latent:
+        """Wrap and check a w+ tensor for this generator."""
+        latent = wplus if isinstance(wplus, Latent) else Latent(torch.as_tensor(wplus))
+        want = (self.generator.num_ws, self.generator.style_dim)
+        if tuple(latent.wplus.shape) != want:
+            raise ValueError(f"this generator's latents are w+ of shape {list(want)}, got "
+                             f"{list(latent.wplus.shape)}")
+        return latent
+
+    @torch.no_grad()
+    def sample(self, seed_or_z, truncation: float = 0.7) -> Latent:
+        """A latent from an int seed (z ~ N(0, I) from torch.Generator(seed)) or a z [style_dim] / [1, style_dim]."""
+        g = self.generator
+        if isinstance(seed_or_z, int):
+            z = torch.randn(1, g.style_dim, generator=torch.Generator().manual_seed(seed_or_z))
+        else:
+            z = torch.as_tensor(seed_or_z, dtype=torch.float32).reshape(1, -1)
+            if z.shape[1] != g.style_dim:
+                raise ValueError(f"z must have {g.style_dim} entries, got {z.shape[1]}")
+        w = g.truncate(g.mapping(z.to(self.device)), truncation)
+        return Latent(w[:, None, :].expand(1, g.num_ws, g.style_dim)[0].cpu())
+
+    def _wplus(self, latent: Latent) -> torch.Tensor:
+        return self.latent(latent).wplus.to(self.device)
+
+    @torch.no_grad()
+    def render(self, latent: Latent) -> Result:
+        """The latent's image and labels, through the same cached path as `apply`."""
+        return self.apply(latent, {})
+
+    @torch.no_grad()
+    def segment(self, latent: Latent) -> tuple[torch.Tensor, torch.Tensor]:
+        """(labels [h, w] int64, mean ensemble logits [C, h, w])."""
+        _, features = self.generator.synthesis(self._wplus(latent)[None], noise_mode=self.noise_mode,
+                                               return_features=True)
+        logits = self.segmenter.logits(features)[0].float()
+        return logits.argmax(0), logits
+
+    # ----------------------------------------------------------------------------------------- apply
+    def _styles_of_latent(self, latent: Latent):
+        styles = self._latent_styles.get(latent)
+        if styles is None:
+            styles = [s.detach() for s in self.generator.styles(self._wplus(latent)[None])]
+            self._latent_styles[latent] = styles
+        return styles
+
+    def _styles_of_vector(self, vector: EditVector):
+        styles = self._vector_styles.get(vector)
+        if styles is None:
+            vector.check_compatible(self.fingerprint, self.generator.num_ws, self.generator.style_dim)
+            styles = [s.detach() for s in self.generator.styles(vector.delta.to(self.device)[None], bias=False)]
+            self._vector_styles[vector] = styles
+        return styles
+
+    @torch.no_grad()
+    def apply(self, latent: Latent, vectors: dict) -> Result:
+        """Image and labels of w+ + Σ sᵢ δᵢ. Scales are floats (one result) or equal-length sequences (a batch of
+        B results, synthesized as one batch: a slider preview)."""
+        if not isinstance(vectors, dict):
+            raise ValueError("vectors must be a dict {EditVector: scale}")
+        scales, batched = _scale_matrix(vectors)
+        base = self._styles_of_latent(self.latent(latent))
+        styles = [s.expand(scales.shape[0], -1) for s in base] if scales.shape[0] > 1 else list(base)
+        for k, vector in enumerate(vectors):
+            if not isinstance(vector, EditVector):
+                raise ValueError(f"vectors must be keyed by EditVector, got {type(vector).__name__}")
+            s = scales[:, k:k + 1].to(self.device)
+            styles = [a + s.to(d.dtype) * d for a, d in zip(styles, self._styles_of_vector(vector))]
+        image, features = self.generator.synthesis_from_styles(styles, noise_mode=self.noise_mode,
+                                                               return_features=True)
+        labels = self.segmenter.logits(features).argmax(1)
+        image = image.float()
+        return Result(image, labels) if batched else Result(image[0], labels[0])
+
+    # ----------------------------------------------------------------------------------------- optimizing
+    def _lpips_or_warn(self):
+        if self.lpips is None and not self._warned_no_lpips:
+            warnings.warn("no LPIPS weights loaded: the editing and embedding losses use MSE only "
+                          "(pass lpips=LPIPS.from_files(vgg, lin) for EditGAN's perceptual loss)", stacklevel=3)
+            self._warned_no_lpips = True
+        return self.lpips
+
+    def _optimize(self, label: str, start: torch.Tensor, objective, steps: int, lr, callback, best_key="total"):
+        """Adam over w+ from `start` (lr: a number or a function of progress t in [0, 1]); returns the w+ with the lowest `best_key` seen, the start included (as
+        EditGAN keeps its best latent), so the result never scores worse than the start."""
+        if steps < 0:
+            raise ValueError(f"steps must be >= 0, got {steps}")
+        wplus = start.detach().clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([wplus], lr=lr(0.0) if callable(lr) else lr)
+        best, best_loss = start.detach().clone(), math.inf
+        bar = ProgressBar(label, steps) if self.progress else None
+        for step in range(steps + 1):  # the last pass only evaluates the final w+
+            if callable(lr):
+                optimizer.param_groups[0]["lr"] = lr(step / max(steps, 1))
+            last = step == steps
+            with torch.set_grad_enabled(not last):
+                total, terms, image = objective(wplus)
+            if terms[best_key] < best_loss:
+                best_loss, best = terms[best_key], wplus.detach().clone()
+            if callback is not None:
+                callback(step, terms, image)
+            if bar is not None:
+                bar.update(step, terms)
+            if last:
+                break
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+        if bar is not None:
+            bar.close()
+        return best
+
+    def edit_objective(self, latent: Latent, edited_labels, region: str = "changed", classes=None,
+                       iterations: int = losses.DILATION_ITERATIONS) -> losses.EditObjective:
+        """The objective `learn_vector` minimizes (exposed so its terms can be measured at any w+)."""
+        return self._edit_setup(latent, edited_labels, region, classes, iterations)[0]
+
+    def _edit_setup(self, latent, edited_labels, region, classes, iterations=losses.DILATION_ITERATIONS):
+        """(objective, edited classes) of an edit of `latent` to `edited_labels`."""
+        latent = self.latent(latent)
+        original, _ = self.segment(latent)
+        edited = torch.as_tensor(edited_labels)
+        if edited.is_floating_point():
+            raise ValueError(f"the edited label map must hold integer class ids, got {edited.dtype}")
+        edited = edited.to(torch.int64)
+        io.check_labels(edited, self.num_classes, self.segmenter.label_size, "the edited label map")
+        edited = edited.to(original.device)
+        if torch.equal(original, edited):
+            raise ValueError("the edited label map equals the current segmentation: there is no edit to learn")
+        if classes is None:
+            classes = losses.edited_classes(original, edited)
+        classes = tuple(int(c) for c in classes)
+        for c in classes:
+            if not 0 <= c < self.num_classes:
+                raise ValueError(f"unknown class id {c}; the segmenter has classes 0..{self.num_classes - 1}")
+        if region == "changed":
+            roi = losses.changed_region(original, edited, iterations)
+        elif region == "classes":
+            roi = losses.class_region(original, edited, classes, iterations)
+        else:
+            raise ValueError(f"region must be 'changed' or 'classes', got {region!r}")
+        with torch.no_grad():
+            reference = self.generator.synthesis(self._wplus(latent)[None], noise_mode=self.noise_mode).float()
+        objective = losses.EditObjective(self.generator, self.segmenter, reference, edited, roi,
+                                         self._lpips_or_warn(), self.encoder, self.noise_mode)
+        return objective, classes
+
+    def learn_vector(self, latent: Latent, edited_labels, steps: int = 100, classes=None, region: str = "changed",
+                     name: str = "edit", callback: StepCallback | None = None) -> EditVector:
+        """Learn δ so that G(w + δ) has `edited_labels` inside the edit's region and the same image outside it.
+
+        region "changed": the pixels whose label changed, dilated 3x3 three times (EditGAN's tool);
+        "classes": every pixel of the edited classes in the original or edited map, dilated (the paper).
+        `classes` (default: the labels painted in) is recorded in the vector; `refine` takes its region from them."""
+        objective, classes = self._edit_setup(latent, edited_labels, region, classes)
+        start = self._wplus(latent)
+        best = self._optimize(f"learn {name}", start, objective, steps, self.learn_lr, callback)
+        return EditVector((best - start).cpu(), classes, name, self.fingerprint)
+
+    def refinement_objective(self, latent: Latent, vectors: dict) -> losses.EditObjective:
+        """The objective `refine` minimizes: target = the labels predicted after applying `vectors`, region = the
+        vectors' classes in the original or the edited labels (dilated), reference = the original image."""
+        latent = self.latent(latent)
+        if not vectors:
+            raise ValueError("refine needs at least one vector")
+        classes = sorted({c for v in vectors for c in v.classes})
+        if not classes:
+            raise ValueError("the vectors record no classes, so refine has no region; give them classes")
+        original, _ = self.segment(latent)
+        edited = self.apply(latent, vectors)
+        if edited.labels.ndim != 2:
+            raise ValueError("refine takes one scale per vector, not a batch")
+        roi = losses.class_region(original, edited.labels, classes)
+        with torch.no_grad():
+            reference = self.generator.synthesis(self._wplus(latent)[None], noise_mode=self.noise_mode).float()
+        return losses.EditObjective(self.generator, self.segmenter, reference, edited.labels, roi,
+                                    self._lpips_or_warn(), None, self.noise_mode)
+
+    def edited_wplus(self, latent: Latent, vectors: dict) -> torch.Tensor:
+        wplus = self._wplus(latent).clone()
+        for vector, scale in vectors.items():
+            vector.check_compatible(self.fingerprint, self.generator.num_ws, self.generator.style_dim)
+            wplus += float(scale) * vector.delta.to(self.device)
+        return wplus
+
+    def refine(self, latent: Latent, vectors: dict, steps: int = 30, callback: StepCallback | None = None) -> Latent:
+        """Self-supervised refinement of w+ + Σ sᵢδᵢ (EditGAN's test-time optimization); never raises the loss."""
+        objective = self.refinement_objective(latent, vectors)
+        best = self._optimize("refine", self.edited_wplus(latent, vectors), objective, steps, self.learn_lr, callback)
+        return Latent(best.cpu())
+
+    def embed(self, image, steps: int = 100, callback: StepCallback | None = None) -> Latent:
+        """Project a real image (path, PIL image, uint8 array, or tensor [3, H, W] in [-1, 1]) into w+."""
+        target, note = io.fit_to_resolution(io.image_to_tensor(image), self.generator.resolution)
+        if note:
+            print(f"editgan-fast: embed: {note} to match the generator", file=sys.stderr)
+        target = target[None].to(self.device)
+        target01 = (target + 1) / 2
+        g = self.generator
+        with torch.no_grad():
+            if self.encoder is not None:
+                start = self.encoder(target)[0].float()
+            else:
+                start = g.mean_latent().to(self.device).reshape(1, g.style_dim).expand(g.num_ws, -1).clone()
+        lpips = self._lpips_or_warn()
+
+        def objective(wplus):
+            image = g.synthesis(wplus[None], noise_mode=self.noise_mode).float()
+            x01 = (image + 1) / 2
+            mse = F.mse_loss(x01, target01)
+            recon = EMBED_MSE_WEIGHT * mse
+            terms = {"mse": mse.item()}
+            if lpips is not None:
+                perceptual = lpips(image, target).mean()
+                recon = recon + EMBED_LPIPS_WEIGHT * perceptual
+                terms["lpips"] = perceptual.item()
+            terms["reconstruction"] = recon.item()
+            total = recon
+            if self.encoder is not None:
+                with torch.no_grad():
+                    encoded = self.encoder(image.clamp(-1, 1))[0]
+                enc = F.mse_loss(wplus, encoded)
+                total = total + EMBED_ENCODER_WEIGHT * enc
+                terms["encoder"] = enc.item()
+            terms["total"] = total.item()
+            return total, terms, image.detach()
+
+        # EditGAN keeps the latent with the best reconstruction (the encoder term is a regularizer).
+        best = self._optimize("embed", start, objective, steps, embedding_lr, callback, best_key="reconstruction")
+        return Latent(best.cpu())
+
+
+def _frozen(module):
+    module.eval()
+    module.requires_grad_(False)
+    return module
+
+
+def _scale_matrix(vectors: dict) -> tuple[torch.Tensor, bool]:
+    """{vector: scale or [B] scales} -> ([B, K] float32, whether a batch was asked for)."""
+    columns, lengths = [], set()
+    for vector, scale in vectors.items():
+        s = torch.as_tensor(scale, dtype=torch.float32)
+        if s.ndim > 1 or not torch.isfinite(s).all():
+            raise ValueError(f"the scale of {getattr(vector, 'name', vector)!r} must be a finite number or a 1-D "
+                             f"sequence of them")
+        if s.ndim == 1:
+            lengths.add(s.shape[0])
+        columns.append(s)
+    if len(lengths) > 1:
+        raise ValueError(f"all scale sequences must have the same length, got lengths {sorted(lengths)}")
+    batch = lengths.pop() if lengths else 0
+    if batch == 0 and any(c.ndim == 1 for c in columns):
+        raise ValueError("scale sequences must not be empty")
+    rows = max(batch, 1)
+    matrix = torch.stack([c.expand(rows) for c in columns], 1) if columns else torch.zeros(rows, 0)
+    return matrix, batch > 0

@@ -1,0 +1,258 @@
+"""seg_head on the `cpu` backend: the native tiled kernel (csrc/cpu/seg_head.cpp) behind an autograd Function.
+
+Plan, per call (see the C++ file for the per-tile work):
+1. Fold each member's BatchNorms into the next Linear (in float64, then cast) and stack the members: W1 rows
+   [E*H1, D], the second and third layers as [E, H2, H1] / [E, C, H2].
+2. The requested pixels (the crop, or the region's pixels) as a row-major list; the source window of each map
+   is only the rows/cols their taps read.
+3. Maps of one resolution share their taps, so they form one group. A group is *projected* (W1's columns
+   applied at source resolution, E*H1 channels stored, bf16 in the bf16 mode) when that is cheaper than
+   *direct* (raw channels resampled per tile and projected per tile), which wins for maps with at least as
+   many window pixels as requested pixels -- e.g. maps already at output size, where the projection IS the
+   full-resolution work, or a small region.
+4. Output rows are processed in bands whose projections fit BAND_BYTES (car configuration fp32: 328 MiB peak
+   extra for the whole crop instead of ~830 MiB in one piece, and ~14 GB for the reference's stack).
+Weights are frozen: only gradients w.r.t. the feature maps are computed.
+
+bf16 mode (`use_backend("cpu", dtype=torch.bfloat16)`): the projections are stored in bf16 and everything is
+computed in fp32, because this machine's CPUs have no AVX512-BF16 (torch.backends.cpu.get_cpu_capability()
+is "AVX2") and torch's bf16 GEMMs run at ~0.3 GFLOP/s here. It halves the projections' memory and the gather
+traffic. Measured error, EditGAN car configuration (random members, bench/cases_seg.py): max |bf16 - fp32|
+= 1.8e-3 of the largest logit; the tests bound it by 2e-2 against the float64 reference.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import backend
+from .seg_head import crop_box
+
+_MODE = {"bilinear": 0, "nearest": 1}
+_PROJECTION_CHUNK_BYTES = 64 * 2**20  # fp32 temporary per projection step, bounds the peak in bf16 mode
+BAND_BYTES = 256 * 2**20  # projections alive at once (per band of output rows), bounds the peak memory
+TILE_PIXELS = 0  # pixels per tile; 0 lets the kernel size tiles for L2 (tests set tiny tiles)
+
+
+def _ops():
+    return torch.ops.editgan_fast
+
+
+class _StackedMembers:
+    """All ensemble members' folded layers, stacked so the kernel runs them as batched GEMMs."""
+
+    def __init__(self, members, dtype):
+        folded = [m.to(torch.float64).folded() for m in members]
+        shapes = {tuple(tuple(w.shape) for w, _ in f) for f in folded}
+        if len(shapes) != 1:
+            raise ValueError(f"the cpu seg_head needs ensemble members of one architecture, got layer shapes "
+                             f"{sorted(shapes)}")
+        cast = lambda t: t.to(dtype).contiguous()
+        self.w1 = cast(torch.cat([f[0][0] for f in folded]))          # [E*H1, D]
+        self.b1 = cast(torch.cat([f[0][1] for f in folded]))          # [E*H1]
+        self.w2 = cast(torch.stack([f[1][0] for f in folded]))        # [E, H2, H1]
+        self.b2 = cast(torch.stack([f[1][1] for f in folded]))        # [E, H2]
+        self.w3 = cast(torch.stack([f[2][0] for f in folded]))        # [E, C, H2]
+        self.b3 = cast(torch.stack([f[2][1] for f in folded]))        # [E, C]
+        self.num_classes = self.w3.shape[1]
+
+    def mlp_tail(self):
+        return self.b1, self.w2, self.b2, self.w3, self.b3
+
+
+def _pixel_list(box, region):
+    """Row-major (y, x) output coordinates of the requested pixels, int32."""
+    y0, y1, x0, x1 = box
+    if region is None:
+        ys = torch.arange(y0, y1, dtype=torch.int32).repeat_interleave(x1 - x0)
+        xs = torch.arange(x0, x1, dtype=torch.int32).repeat(y1 - y0)
+    else:
+        ry, rx = region.cpu().nonzero(as_tuple=True)  # row-major, as the reference's boolean indexing
+        ys, xs = (ry + y0).to(torch.int32), (rx + x0).to(torch.int32)
+    return ys.contiguous(), xs.contiguous()
+
+
+class _Group:
+    """Feature maps of one resolution: their indices, W1 columns and source window."""
+
+    def __init__(self, size, maps, col_slices, window):
+        self.size, self.maps, self.col_slices, self.window = size, maps, col_slices, window
+        self.direct = False
+
+    @property
+    def channels(self):
+        return sum(s.stop - s.start for s in self.col_slices)
+
+
+def _plan_groups(features, out_size, mode, ys, xs, eh1):
+    """Group the maps by resolution, crop each to the window its taps read, pick projected or direct."""
+    groups, offset = {}, 0
+    for i, f in enumerate(features):
+        c, size = f.shape[1], tuple(f.shape[-2:])
+        if size not in groups:
+            groups[size] = _Group(size, [], [], None)
+        groups[size].maps.append(i)
+        groups[size].col_slices.append(slice(offset, offset + c))
+        offset += c
+    npix = ys.numel()
+    oy0, oy1 = int(ys.min()), int(ys.max()) + 1
+    ox0, ox1 = int(xs.min()), int(xs.max()) + 1
+    taps = 4 if mode == "bilinear" else 1
+    for g in groups.values():
+        r0, r1 = _ops().seg_head_source_range(g.size[0], out_size[0], oy0, oy1, _MODE[mode])
+        c0, c1 = _ops().seg_head_source_range(g.size[1], out_size[1], ox0, ox1, _MODE[mode])
+        g.window = (r0, r1 + 1, c0, c1 + 1)
+        window_px = (r1 + 1 - r0) * (c1 + 1 - c0)
+        projected_cost = window_px * g.channels * eh1 + npix * eh1 * taps
+        direct_cost = npix * g.channels * eh1 + npix * g.channels * taps
+        g.direct = direct_cost <= projected_cost
+    return list(groups.values())
+
+
+def _window(f, g):
+    r0, r1, c0, c1 = g.window
+    return f[:, :, r0:r1, c0:c1]
+
+
+def _direct_source(features, g, dtype):
+    """A direct group's raw window, channel-last [N, rows, cols, C_g], written map by map (one copy)."""
+    r0, r1, c0, c1 = g.window
+    out = torch.empty((features[0].shape[0], r1 - r0, c1 - c0, g.channels), dtype=dtype)
+    for i, start, s in zip(g.maps, _starts(g.col_slices), g.col_slices):
+        out[..., start:start + (s.stop - s.start)] = _window(features[i], g).permute(0, 2, 3, 1)
+    return out
+
+
+def _group_weight(stack, g):
+    return torch.cat([stack.w1[:, s] for s in g.col_slices], dim=1).contiguous()  # [E*H1, C_g]
+
+
+def _project(features, g, stack, dtype, storage):
+    """P = sum_m x_m^T W1_m^T at source resolution, [N, rows, cols, E*H1]: one GEMM per map and band of rows,
+    reading the channels-first maps as transposed matrices (no copies), in bands so that the fp32 temporary
+    stays small when P is stored in bf16."""
+    r0, r1, c0, c1 = g.window
+    rows, cols, eh1 = r1 - r0, c1 - c0, stack.w1.shape[0]
+    n = features[0].shape[0]
+    out = torch.empty((n, rows, cols, eh1), dtype=storage)
+    weights = [stack.w1[:, s].t() for s in g.col_slices]  # [C_m, E*H1] views
+    step = max(1, _PROJECTION_CHUNK_BYTES // (cols * eh1 * 4))
+    for b in range(n):
+        for r in range(0, rows, step):
+            k = min(step, rows - r)
+            dest = out[b, r:r + k].view(k * cols, eh1)
+            acc = dest if storage == dtype else torch.empty((k * cols, eh1), dtype=dtype)
+            for j, (i, w) in enumerate(zip(g.maps, weights)):
+                x = features[i][b, :, r0 + r:r0 + r + k, c0:c1].to(dtype).reshape(-1, k * cols).t()
+                if j == 0:
+                    torch.mm(x, w, out=acc)
+                else:
+                    acc.addmm_(x, w)
+            if acc is not dest:
+                dest.copy_(acc)
+    return out
+
+
+class _SegHeadFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, plan, *features):
+        stack, groups, ys, xs, out_size, mode, dtype, storage = plan
+        n = features[0].shape[0]
+        if ys.numel() == 0:
+            ctx.plan, ctx.shapes, ctx.dtypes = plan, [f.shape for f in features], [f.dtype for f in features]
+            return features[0].new_zeros((n, stack.num_classes, 0), dtype=dtype)
+        sources, direct = [], []
+        for g in groups:
+            if g.direct:
+                sources.append(_direct_source(features, g, dtype))
+                direct.append(_group_weight(stack, g))
+            else:
+                sources.append(_project(features, g, stack, dtype, storage))
+                direct.append(torch.empty(0, dtype=dtype))
+        args = _kernel_args(groups, sources, direct, ys, xs, out_size, mode, stack)
+        ctx.plan, ctx.args = plan, args
+        ctx.shapes, ctx.dtypes = [f.shape for f in features], [f.dtype for f in features]
+        return _ops().seg_head_forward(*args)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        stack, groups, ys, xs, out_size, mode, dtype, storage = ctx.plan
+        grads = [None] * len(ctx.shapes)
+        if ys.numel() == 0:
+            grads = [grad_out.new_zeros(s, dtype=d) for s, d in zip(ctx.shapes, ctx.dtypes)]
+            return (None, *grads)
+        source_grads = _ops().seg_head_backward(grad_out.to(dtype).contiguous(), *ctx.args)
+        for g, gs in zip(groups, source_grads):
+            r0, r1, c0, c1 = g.window
+            for i, s, start in zip(g.maps, g.col_slices, _starts(g.col_slices)):
+                if not ctx.needs_input_grad[1 + i]:
+                    continue
+                if g.direct:
+                    gm = gs[..., start:start + (s.stop - s.start)]
+                else:
+                    gm = torch.matmul(gs, stack.w1[:, s])  # dL/dx_m = dL/dP W1_m, at source resolution
+                full = gs.new_zeros(ctx.shapes[i], dtype=ctx.dtypes[i])
+                full[:, :, r0:r1, c0:c1] = gm.permute(0, 3, 1, 2)
+                grads[i] = full
+        return (None, *grads)
+
+
+def _starts(col_slices):
+    out, at = [], 0
+    for s in col_slices:
+        out.append(at)
+        at += s.stop - s.start
+    return out
+
+
+def _kernel_args(groups, sources, direct, ys, xs, out_size, mode, stack):
+    sizes = [v for g in groups for v in g.size]
+    offsets = [v for g in groups for v in (g.window[0], g.window[2])]
+    return (sources, direct, sizes, offsets, ys, xs, out_size[0], out_size[1], _MODE[mode], *stack.mlp_tail(),
+            TILE_PIXELS)
+
+
+def _bands(features, out_size, mode, ys, xs, eh1, storage):
+    """Split the row-major pixel list into bands of output rows so that one band's projections stay under
+    BAND_BYTES: without autograd only one band's projections are alive at a time (with autograd each band
+    keeps its own for backward, as one band would). Rows on a band edge are projected by both bands."""
+    if ys.numel() == 0:
+        return [(ys, xs)]
+    groups = _plan_groups(features, out_size, mode, ys, xs, eh1)
+    total = sum((g.window[1] - g.window[0]) * (g.window[3] - g.window[2]) * eh1 * storage.itemsize
+                for g in groups if not g.direct)
+    rows = torch.unique_consecutive(ys)
+    count = min(len(rows), max(1, -(-total // BAND_BYTES)))
+    if count == 1:
+        return [(ys, xs)]
+    edges = torch.searchsorted(ys, rows[torch.linspace(0, len(rows), count + 1).long()[1:-1]])
+    bounds = [0, *edges.tolist(), ys.numel()]
+    return [(ys[a:b], xs[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def seg_head_cpu(features, members, out_size, crop=None, mode="bilinear", region=None):
+    """The reference's signature and result; never builds the [N, D, h, w] stack."""
+    in_dtype = features[0].dtype
+    dtype = torch.float64 if in_dtype == torch.float64 else torch.float32
+    mode_dtype = backend.compute_dtype(dtype)
+    if mode_dtype == torch.float16:
+        raise ValueError("the cpu backend has no float16 mode (no fast fp16 on CPU); use torch.float32 or "
+                         "torch.bfloat16")
+    # bf16 mode: projections stored in bf16, all arithmetic in fp32 (this CPU family's bf16 GEMMs are no faster).
+    storage = torch.bfloat16 if (mode_dtype == torch.bfloat16 and dtype == torch.float32) else dtype
+    out_size = tuple(out_size)
+    box = crop_box(out_size, crop)
+    ys, xs = _pixel_list(box, region)
+    stack = _StackedMembers(members, dtype)
+    eh1 = stack.w1.shape[0]
+    pieces = []
+    for band_ys, band_xs in _bands(features, out_size, mode, ys, xs, eh1, storage):
+        groups = _plan_groups(features, out_size, mode, band_ys, band_xs, eh1) if band_ys.numel() else []
+        plan = (stack, groups, band_ys, band_xs, out_size, mode, dtype, storage)
+        pieces.append(_SegHeadFunction.apply(plan, *features))
+    logits = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
+    if region is None:
+        logits = logits.reshape(logits.shape[0], logits.shape[1], box[1] - box[0], box[3] - box[2])
+    return logits.to(in_dtype)
+
+
+OPS = {"seg_head": seg_head_cpu}

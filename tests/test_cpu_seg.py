@@ -1,0 +1,246 @@
+"""The cpu backend's segmentation head (csrc/cpu/seg_head.cpp + ops/_cpu_seg.py) against the float64 reference.
+
+Error bounds, relative to the largest reference logit (gradient: to the largest reference gradient):
+fp32 2e-5 (only summation order and the folded BatchNorm differ), bf16 mode 2e-2 (projections stored in bf16,
+8 mantissa bits, everything else fp32), float64 1e-10 for nearest and 1e-6 for bilinear (the tap weights come
+from elementwise.h in fp32, shared with the CUDA kernels; torch computes them in float64 for float64 maps).
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import editgan_fast
+from editgan_fast import backend
+from editgan_fast.ops import _cpu_seg
+from editgan_fast.ops.seg_head import PixelMLP, seg_head
+from seg_factories import editgan_widths, random_classifier_state_dict
+
+pytestmark = pytest.mark.skipif(not backend.available("cpu"), reason="the native cpu extension is not built")
+
+FP32_BOUND, BF16_BOUND = 2e-5, 2e-2
+FP64_BOUND = {"nearest": 1e-10, "bilinear": 1e-6}
+
+
+def member(sd):
+    """The PixelMLP of an EditGAN pixel_classifier state dict (layers 0/3/6 Linear, 2/5 BatchNorm)."""
+    lin, bn = (0, 3, 6), (2, 5)
+    return PixelMLP(weights=tuple(sd[f"layers.{i}.weight"] for i in lin),
+                    biases=tuple(sd[f"layers.{i}.bias"] for i in lin),
+                    bn_mean=tuple(sd[f"layers.{i}.running_mean"] for i in bn),
+                    bn_var=tuple(sd[f"layers.{i}.running_var"] for i in bn),
+                    bn_weight=tuple(sd[f"layers.{i}.weight"] for i in bn),
+                    bn_bias=tuple(sd[f"layers.{i}.bias"] for i in bn))
+
+
+def random_case(sizes, channels, batch, members, widths=(16, 8), classes=5, seed=0):
+    """Random maps and EditGAN pixel classifiers (BatchNorm statistics far from identity) from the shared
+    checkpoint factory."""
+    gen = torch.Generator().manual_seed(seed)
+    feats = [torch.randn(batch, c, s, s, generator=gen) for s, c in zip(sizes, channels)]
+    mlps = [member(random_classifier_state_dict(sum(channels), classes, seed * 100 + i, widths))
+            for i in range(members)]
+    return feats, mlps
+
+
+def run(name, feats, mlps, out_size, dtype=None, **kw):
+    with editgan_fast.use_backend(name, dtype=dtype):
+        return seg_head(feats, mlps, out_size, **kw)
+
+
+def reference64(feats, mlps, out_size, **kw):
+    return run("reference", [f.double() for f in feats], [m.to(torch.float64) for m in mlps], out_size, **kw)
+
+
+def rel_err(got, want):
+    return ((got.double() - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
+
+
+# Several resolutions incl. a map larger than the output (resampled down) and one at output size; odd channels.
+SIZES, CHANNELS = (4, 4, 7, 16, 20, 24), (5, 3, 6, 9, 4, 3)
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("members", [1, 3])
+@pytest.mark.parametrize("crop", [None, (3, 17, 2, 19)])
+def test_forward_matches_reference(mode, members, crop):
+    feats, mlps = random_case(SIZES, CHANNELS, batch=2, members=members, seed=members)
+    want = reference64(feats, mlps, (20, 20), crop=crop, mode=mode)
+    got = run("cpu", feats, mlps, (20, 20), crop=crop, mode=mode)
+    assert got.shape == want.shape and got.dtype == torch.float32
+    assert rel_err(got, want) < FP32_BOUND
+
+
+@pytest.mark.parametrize("classes", [7, 32])  # EditGAN's nets: (128, 32) hidden below 32 classes, (256, 128) from 32
+def test_editgan_layouts_and_non_square_output(classes):
+    feats, mlps = random_case((4, 8, 16, 32), (40, 33, 17, 9), batch=1, members=2, widths=editgan_widths(classes),
+                              classes=classes)
+    want = reference64(feats, mlps, (23, 37), mode="bilinear")
+    got = run("cpu", feats, mlps, (23, 37), mode="bilinear")
+    assert rel_err(got, want) < FP32_BOUND
+
+
+def regions(shape, gen):
+    scattered = torch.rand(shape, generator=gen) < 0.2
+    blob = torch.zeros(shape, dtype=torch.bool)
+    blob[4:9, 6:13] = True
+    return {"scattered": scattered, "blob": blob, "empty": torch.zeros(shape, dtype=torch.bool),
+            "full": torch.ones(shape, dtype=torch.bool)}
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("kind", ["scattered", "blob", "empty", "full"])
+def test_region_matches_reference(mode, kind):
+    feats, mlps = random_case(SIZES, CHANNELS, batch=2, members=3, seed=7)
+    crop = (2, 18, 1, 20)
+    region = regions((16, 19), torch.Generator().manual_seed(3))[kind]
+    got = run("cpu", feats, mlps, (20, 20), crop=crop, mode=mode, region=region)
+    assert got.shape == (2, 5, int(region.sum()))
+    if region.any():  # (the reference cannot evaluate an empty region: torch.cat of no chunks)
+        want = reference64(feats, mlps, (20, 20), crop=crop, mode=mode, region=region)
+        assert rel_err(got, want) < FP32_BOUND
+
+
+def feature_grads(name, feats, mlps, out_size, weight, dtype=torch.float32, **kw):
+    leaves = [f.to(dtype).requires_grad_() for f in feats]
+    members = [m.to(dtype) for m in mlps]
+    out = run(name, leaves, members, out_size, **kw)
+    (out * weight.to(dtype)).sum().backward()
+    return [f.grad for f in leaves]
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("use_region", [False, True])
+def test_feature_gradients_match_reference(mode, use_region):
+    feats, mlps = random_case(SIZES, CHANNELS, batch=2, members=3, seed=11)
+    crop = (3, 17, 2, 19)
+    region = regions((14, 17), torch.Generator().manual_seed(5))["scattered"] if use_region else None
+    shape = (2, 5, int(region.sum())) if use_region else (2, 5, 14, 17)
+    weight = torch.randn(shape, generator=torch.Generator().manual_seed(9))
+    want = feature_grads("reference", feats, mlps, (20, 20), weight, torch.float64, crop=crop, mode=mode,
+                         region=region)
+    got = feature_grads("cpu", feats, mlps, (20, 20), weight, crop=crop, mode=mode, region=region)
+    for g, w in zip(got, want):
+        assert g.dtype == torch.float32 and g.shape == w.shape
+        assert rel_err(g, w) < FP32_BOUND
+
+
+@pytest.mark.parametrize("tile,band_bytes,use_region", [(1, None, False), (7, None, False), (0, 1, False),
+                                                        (5, 4096, True)])
+def test_small_tiles_and_bands_forward_and_gradients(monkeypatch, tile, band_bytes, use_region):
+    """Tiles of 1, 5 and 7 pixels: partial tiles, tiles splitting output rows, each thread's gradient window
+    spanning several source rows and merged with the other thread's; one band per output row (band_bytes=1)
+    or a few, whose outputs are concatenated and whose gradients add up."""
+    monkeypatch.setattr(_cpu_seg, "TILE_PIXELS", tile)
+    if band_bytes is not None:
+        monkeypatch.setattr(_cpu_seg, "BAND_BYTES", band_bytes)
+    feats, mlps = random_case(SIZES, CHANNELS, batch=2, members=3, seed=13)
+    region = regions((13, 18), torch.Generator().manual_seed(8))["scattered"] if use_region else None
+    shape = (2, 5, int(region.sum())) if use_region else (2, 5, 13, 18)
+    weight = torch.randn(shape, generator=torch.Generator().manual_seed(4))
+    kw = dict(crop=(4, 17, 1, 19), mode="bilinear", region=region)
+    assert rel_err(run("cpu", feats, mlps, (20, 20), **kw), reference64(feats, mlps, (20, 20), **kw)) < FP32_BOUND
+    want = feature_grads("reference", feats, mlps, (20, 20), weight, torch.float64, **kw)
+    got = feature_grads("cpu", feats, mlps, (20, 20), weight, **kw)
+    for g, w in zip(got, want):
+        assert rel_err(g, w) < FP32_BOUND
+
+
+def test_empty_region_gives_zero_gradients():
+    feats, mlps = random_case((4, 8), (3, 5), batch=1, members=2)
+    leaves = [f.requires_grad_() for f in feats]
+    out = run("cpu", leaves, mlps, 10, region=torch.zeros(10, 10, dtype=torch.bool))
+    assert out.shape == (1, 5, 0)
+    out.sum().backward()
+    assert all(f.grad is not None and not f.grad.any() for f in leaves)
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_float64_gradcheck(mode):
+    feats, mlps = random_case((3, 5, 9), (2, 3, 2), batch=2, members=2, widths=(4, 3), classes=3, seed=2)
+    leaves = [f.double().requires_grad_() for f in feats]
+    members = [m.to(torch.float64) for m in mlps]
+    region = torch.rand(5, 6, generator=torch.Generator().manual_seed(1)) < 0.6
+
+    def head(*fs):
+        with editgan_fast.use_backend("cpu"):
+            return seg_head(list(fs), members, (9, 7), crop=(2, 7, 0, 6), mode=mode, region=region)
+
+    assert torch.autograd.gradcheck(head, leaves, eps=1e-6, atol=1e-8)
+    want = reference64(feats, mlps, (9, 7), crop=(2, 7, 0, 6), mode=mode, region=region)
+    assert rel_err(head(*leaves).detach(), want) < FP64_BOUND[mode]
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_bf16_mode_error_bound(mode):
+    feats, mlps = random_case((4, 8, 16, 32), (24, 20, 12, 6), batch=1, members=3, widths=(32, 16))
+    want = reference64(feats, mlps, 32, crop=(4, 28, 0, 32), mode=mode)
+    got = run("cpu", feats, mlps, 32, dtype=torch.bfloat16, crop=(4, 28, 0, 32), mode=mode)
+    fp32 = run("cpu", feats, mlps, 32, crop=(4, 28, 0, 32), mode=mode)
+    assert got.dtype == torch.float32
+    err = rel_err(got, want)
+    assert err < BF16_BOUND
+    assert err > rel_err(fp32, want)  # the bf16 storage really is used
+    weight = torch.randn(got.shape, generator=torch.Generator().manual_seed(6))
+    want_g = feature_grads("reference", feats, mlps, 32, weight, torch.float64, crop=(4, 28, 0, 32), mode=mode)
+    leaves = [f.clone().requires_grad_() for f in feats]
+    (run("cpu", leaves, mlps, 32, dtype=torch.bfloat16, crop=(4, 28, 0, 32), mode=mode) * weight).sum().backward()
+    for f, w in zip(leaves, want_g):
+        assert rel_err(f.grad, w) < BF16_BOUND
+
+
+def test_bad_requests_are_clear_errors():
+    feats, mlps = random_case((4, 8), (3, 5), batch=1, members=2)
+    with pytest.raises(ValueError, match="no float16 mode"):
+        run("cpu", feats, mlps, 8, dtype=torch.float16)
+    odd = member(random_classifier_state_dict(8, 5, 0, widths=(12, 8)))
+    with pytest.raises(ValueError, match="one architecture"):
+        run("cpu", feats, [mlps[0], odd], 8)
+
+
+MEMORY_SCRIPT = textwrap.dedent("""
+    import gc, resource, sys, torch
+    import editgan_fast
+    from editgan_fast.ops.seg_head import seg_head
+    sys.path.insert(0, {tests!r})
+    from test_cpu_seg import random_case
+
+    def rss(field):
+        for line in open("/proc/self/status"):
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+
+    # 256 px output, 1632 channels over 6 resolutions: the reference's stack would be 256*192*1632*4 = 321 MB.
+    feats, mlps = random_case((16, 32, 64, 64, 128, 256), (512, 512, 256, 256, 64, 32), batch=1, members=3,
+                              widths=(128, 32), classes=16)
+    with editgan_fast.use_backend("cpu"):
+        seg_head(feats, mlps, 256, crop=(32, 224, 0, 256))  # warm up allocator and thread pool
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak-RSS counter (VmHWM) to the current RSS
+    except OSError:
+        print("no-clear-refs")
+        sys.exit(0)
+    base = rss("VmRSS:")
+    with editgan_fast.use_backend("cpu"):
+        out = seg_head(feats, mlps, 256, crop=(32, 224, 0, 256))
+    print(rss("VmHWM:") - base)
+""")
+
+
+def test_peak_memory_stays_far_below_the_feature_stack():
+    script = MEMORY_SCRIPT.format(tests=os.path.dirname(__file__))
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    if res.stdout.split()[-1] == "no-clear-refs":
+        pytest.skip("this kernel does not let a process reset its peak RSS (/proc/self/clear_refs)")
+    extra = int(res.stdout.split()[-1])
+    stack = 256 * 192 * 1632 * 4
+    # Projected 128 px maps ([~97, 128, 384] fp32 = 19 MB), the direct 256 px map's channel-last copy (6 MB),
+    # the output (3 MB) and per-thread tiles: well under a quarter of the stack.
+    assert extra < stack / 4, f"peak extra RSS {extra / 2**20:.0f} MiB vs stack {stack / 2**20:.0f} MiB"

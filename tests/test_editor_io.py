@@ -1,0 +1,80 @@
+"""editgan_fast.io: label-map PNGs with the documented palette, images in and out, latents."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from editgan_fast import io
+
+
+def random_labels(h, w, classes, seed):
+    return torch.randint(0, classes, (h, w), generator=torch.Generator().manual_seed(seed))
+
+
+def test_palette_is_pascal_voc():
+    assert io.PALETTE[:9] == ((0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (128, 0, 128),
+                              (0, 128, 128), (128, 128, 128), (64, 0, 0))
+    assert len(set(io.PALETTE)) == 256
+
+
+def test_label_png_round_trip_palette_and_rgb(tmp_path):
+    labels = random_labels(12, 20, 40, 0)
+    io.save_labels(tmp_path / "l.png", labels)
+    im = Image.open(tmp_path / "l.png")
+    assert im.mode == "P" and im.size == (20, 12)
+    assert torch.equal(io.load_labels(tmp_path / "l.png", num_classes=40, size=(12, 20)), labels)
+    # The same map painted as RGB with the palette's colours (what an image editor saves) reads back too.
+    im.convert("RGB").save(tmp_path / "rgb.png")
+    assert torch.equal(io.load_labels(tmp_path / "rgb.png"), labels)
+
+
+def test_bad_label_maps_are_clear_errors(tmp_path):
+    labels = random_labels(8, 8, 8, 1)
+    labels[0, 0] = 9
+    io.save_labels(tmp_path / "l.png", labels)
+    with pytest.raises(ValueError, match=r"unknown class id\(s\) \[9\]"):
+        io.load_labels(tmp_path / "l.png", num_classes=8)
+    with pytest.raises(ValueError, match="8x8 .* 16x8"):
+        io.load_labels(tmp_path / "l.png", size=(8, 16))
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[1, 2] = (1, 2, 3)
+    Image.fromarray(rgb).save(tmp_path / "off.png")
+    with pytest.raises(ValueError, match=r"colour \(1, 2, 3\) is not in the label palette"):
+        io.load_labels(tmp_path / "off.png")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        io.load_labels(tmp_path / "missing.png")
+    (tmp_path / "text.png").write_text("hello")
+    with pytest.raises(ValueError, match="not an image"):
+        io.load_labels(tmp_path / "text.png")
+    with pytest.raises(ValueError, match="0..255"):
+        io.save_labels(tmp_path / "big.png", torch.full((2, 2), 300))
+
+
+def test_image_round_trip_and_inputs(tmp_path):
+    array = np.random.default_rng(0).integers(0, 256, (10, 14, 3), dtype=np.uint8)
+    image = io.image_to_tensor(array)
+    assert image.shape == (3, 10, 14) and image.min() >= -1 and image.max() <= 1
+    io.save_image(tmp_path / "i.png", image)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "i.png")), array)
+    assert torch.equal(io.image_to_tensor(tmp_path / "i.png"), image)
+    assert torch.equal(io.image_to_tensor(Image.fromarray(array)), image)
+    with pytest.raises(ValueError, match="uint8"):
+        io.image_to_tensor(array.astype(np.float32))
+
+
+def test_fit_to_resolution_letterboxes_and_says_so():
+    image = torch.rand(3, 20, 40) * 2 - 1
+    out, note = io.fit_to_resolution(image, 16)
+    assert out.shape == (3, 16, 16) and "letterboxed 40x20 to 40x40" in note and "resized" in note
+    same, none = io.fit_to_resolution(torch.rand(3, 16, 16), 16)
+    assert none is None
+
+
+def test_latent_files(tmp_path):
+    w = torch.randn(6, 16)
+    io.save_latent(tmp_path / "w.npy", w)
+    assert torch.equal(io.load_latent(tmp_path / "w.npy", 6, 16), w)
+    np.save(tmp_path / "editgan.npy", w.numpy()[None])
+    assert torch.equal(io.load_latent(tmp_path / "editgan.npy", 6, 16), w)
+    with pytest.raises(ValueError, match=r"\[8, 16\]"):
+        io.load_latent(tmp_path / "w.npy", 8, 16)

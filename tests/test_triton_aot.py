@@ -1,0 +1,70 @@
+"""Every Triton kernel compiled ahead of time for real GPUs (sm_80, sm_90) on this GPU-less machine, and the
+kernel tests re-run compiled on a GPU where there is one.
+
+Both run in subprocesses: compilation needs kernels decorated without TRITON_INTERPRET, which
+test_triton_kernels.py sets for the whole pytest process. By default the bf16-storage variants (the GPU
+production mode) are compiled, ~30 s on 2 cores; EDITGAN_FAST_FULL=1 adds the fp32 ones.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+FULL = os.environ.get("EDITGAN_FAST_FULL") == "1"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(extra)
+    return env
+
+
+def test_every_kernel_compiles_for_sm80_and_sm90():
+    dtypes = ["fp32", "bf16"] if FULL else ["bf16"]
+    proc = subprocess.run([sys.executable, "-m", "editgan_fast.kernels.aot", "80", "90", *dtypes], cwd=ROOT,
+                          env=_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = proc.stdout.splitlines()
+    compiled = {(line.split()[0], line.split()[1].rstrip(":")) for line in lines}
+    kernels = {name.split("_")[0] for _, name in compiled}
+    assert kernels == {"bias", "upfirdn2d", "modconv", "gemm", "seg"}, kernels
+    for arch in ("sm_80", "sm_90"):
+        names = {name for a, name in compiled if a == arch}
+        assert {f"modconv_{dt}_{v}" for dt in dtypes for v in ("up1", "up2", "torgb", "input_grad")} <= names
+        assert {f"seg_head_{dt}_bilinear_bwd" for dt in dtypes} <= names
+    assert all(int(line.split()[-2]) > 0 for line in lines), "an empty cubin"
+
+
+def test_triton_backend_refuses_cpu_tensors_without_the_interpreter():
+    code = ("import torch, editgan_fast\n"
+            "from editgan_fast.ops import bias_act\n"
+            "from editgan_fast.ops import _triton_backend as t\n"
+            "print('DEVICES', sorted(t.DEVICES))\n"
+            "print('REASON', t.unavailable_reason())\n"
+            "if t.unavailable_reason() is None:\n"
+            "    try:\n"
+            "        with editgan_fast.use_backend('triton'): bias_act(torch.randn(2, 3))\n"
+            "    except editgan_fast.BackendUnavailable as e: print('ERROR', e)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "DEVICES ['cuda']" in proc.stdout
+    if torch.cuda.is_available():
+        assert "ERROR backend 'triton' runs on cuda tensors, got a tensor on cpu" in proc.stdout
+    else:
+        assert "REASON no CUDA device" in proc.stdout
+
+
+@pytest.mark.gpu
+def test_kernels_on_a_real_gpu():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/test_triton_kernels.py"], cwd=ROOT,
+                          env=_env(EDITGAN_FAST_TRITON_DEVICE="cuda"), capture_output=True, text=True,
+                          timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-6000:]
