@@ -2,7 +2,7 @@
 
 - per-sample noise [N, 1, H, W] with up=2, demodulation, clamp and an upsampled skip together, float64
   gradients for x, styles and skip (bound 1e-10 relative: same algebra, different summation order);
-- frozen weights: changing a weight in place must invalidate the cached phase weights / sum of squares, and
+- frozen weights: changing a weight in place must invalidate the cached transposed weight / sum of squares, and
   weights get no gradient;
 - bf16 mode gradients for x and styles against the float64 reference (bound 3e-2 relative to the largest
   value: bf16 has an 8-bit mantissa, ~4e-3 per rounding, and the layer rounds its input and output);

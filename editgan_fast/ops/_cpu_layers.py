@@ -6,9 +6,9 @@ element-wise step in one native pass (csrc/cpu/epilogue.cpp):
   weight serves the whole batch, never a per-sample weight;
 - demodulation d[n, o] = rsqrt(sum_i wsq[o, i] s[n, i]^2 + eps) is one small matrix product, applied after the
   convolution (it only scales output channels);
-- up=2 (stride-2 transposed conv, then the 4-tap blur) equals, per output phase (ry, rx), a 3x3 convolution at
-  LOW resolution with a combined weight precomputed once from the frozen weight: one convolution with 4*Cout
-  output channels, then depth-to-space. No multiplications by inserted zeros, no separate blur pass;
+- up=2 is the stride-2 transposed convolution itself (9 products per input pixel; it never multiplies inserted
+  zeros), then the [1,3,3,1] blur as one depthwise pass. (Folding the blur into per-phase 3x3 weights would also
+  skip the zeros but costs 36 products per input pixel: 4x the work for the heavy part.)
 - the skip upsampling of ToRGB is a stride-2 transposed convolution with the 4x4 filter (polyphase by nature),
   added inside the epilogue pass;
 - the epilogue (demodulation, noise, bias, leaky ReLU, gain, clamp, skip) is one native pass forward and one
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from .. import backend
 from .bias_act import _defaults
-from .modulated_conv2d import modulated_conv2d_reference
+from .modulated_conv2d import up_blur_padding
 from .upfirdn2d import parse_padding
 
 _ACT = {"linear": 0, "lrelu": 1}
@@ -94,37 +94,15 @@ class _PerWeightCache:
         return value
 
 
-def _phase_weight(weight, taps):
-    """[Cout, Cin, 3, 3] up=2 weight + 4-tap blur (gain 4) -> [4*Cout, Cin, 3, 3] low-resolution phase weights.
-
-    1-D derivation: the transposed conv gives t[q] = sum_j x[j] w[q - 2j]; the blur (true convolution, padding 1)
-    gives out[p] = sum_i f[3 - i] t[p + i - 1], so out[p] = sum_j x[j] c[p - 2j] with c[m] = sum_i f[3-i] w[m+i-1],
-    m = -2..3. For the phase p = 2a + r: out = sum_{e=-1..1} x[a + e] c[r - 2e], a 3-tap correlation at low
-    resolution. Output channel o*4 + ry*2 + rx then maps to pixel (2a + ry, 2b + rx) by pixel_shuffle.
-    """
-    f = torch.tensor(taps, dtype=torch.float64)
-    f2 = torch.outer(f.flip(0), f.flip(0)) * 4
-    cout, cin, k, _ = weight.shape
-    w = F.pad(weight.to(torch.float64).reshape(cout * cin, 1, k, k), [3, 3, 3, 3])
-    c = F.conv2d(w, f2[None, None])[:, 0]  # [Cout*Cin, 6, 6], index m + 2
-    rows = [torch.stack([c[:, ry + 4], c[:, ry + 2], c[:, ry]], dim=1) for ry in range(2)]  # e = -1, 0, 1
-    phases = []
-    for ry in range(2):
-        for rx in range(2):
-            r = rows[ry]  # [Cout*Cin, 3, 6]
-            phases.append(torch.stack([r[..., rx + 4], r[..., rx + 2], r[..., rx]], dim=2))
-    out = torch.stack(phases, dim=1).reshape(cout, cin, 4, 3, 3).permute(0, 2, 1, 3, 4)
-    return out.reshape(4 * cout, cin, 3, 3).to(weight.dtype).contiguous()
-
-
-_phase_weights = _PerWeightCache(lambda w, taps: _phase_weight(w, taps))
-_sum_squares = _PerWeightCache(lambda w: w.square().sum(dim=[2, 3]))
-
-
-def _skip_filter(taps, channels, dtype):
+def _blur_filter(taps, channels, dtype, gain=4.0):
+    """Depthwise 2-D FIR weight for F.conv2d: correlation with the flipped filter = true convolution."""
     f = torch.tensor(taps, dtype=torch.float64)
     f = f / f.sum()
-    return (torch.outer(f, f) * 4).to(dtype).expand(channels, 1, len(taps), len(taps)).contiguous()
+    return (torch.outer(f, f).flip([0, 1]) * gain).to(dtype).expand(channels, 1, len(taps), len(taps)).contiguous()
+
+
+_transposed = _PerWeightCache(lambda w: w.transpose(0, 1).contiguous())  # [Cin, Cout, k, k] for conv_transpose
+_sum_squares = _PerWeightCache(lambda w: w.square().sum(dim=[2, 3]))
 
 
 # ------------------------------------------------------------------------------------------------------- ops
@@ -136,10 +114,6 @@ def modulated_conv2d_cpu(x, weight, styles, demodulate=True, up=1, resample_filt
                          bias=None, act="linear", alpha=None, gain=None, clamp=None, skip=None, eps=1e-8):
     k = weight.shape[-1]
     taps = None if resample_filter is None else tuple(resample_filter.tolist())
-    if up == 2 and (k != 3 or len(taps) != 4):
-        # Only StyleGAN2's 3x3 + [1,3,3,1] up-conv has the precomputed phase form; others take the oracle.
-        return modulated_conv2d_reference(x, weight, styles, demodulate, up, resample_filter, wsq, noise, bias,
-                                          act, alpha, gain, clamp, skip, eps)
     store = _storage_dtype(x)
     bf16_products = store == torch.bfloat16 and native_bf16()
     compute = torch.bfloat16 if bf16_products else (torch.float32 if x.dtype == torch.bfloat16 else x.dtype)
@@ -148,7 +122,11 @@ def modulated_conv2d_cpu(x, weight, styles, demodulate=True, up=1, resample_filt
     if up == 1:
         y = F.conv2d(xs, w.detach(), padding=k // 2)
     else:
-        y = F.pixel_shuffle(F.conv2d(xs, _phase_weights.get(w, taps), padding=1), 2)
+        # Transposed conv (9 taps per input pixel, no inserted zeros), then the blur as a depthwise pass: 4x fewer
+        # products than the equivalent 3x3 conv per output phase at low resolution (36 taps per input pixel).
+        p0, p1 = up_blur_padding(k, len(taps))
+        t = F.pad(F.conv_transpose2d(xs, _transposed.get(w), stride=2), [p0, p1, p0, p1])
+        y = F.conv2d(t, _blur_filter(taps, t.shape[1], t.dtype), groups=t.shape[1])
     y = y.to(torch.float32 if compute == torch.bfloat16 else compute)
     d = None
     if demodulate:
@@ -156,8 +134,8 @@ def modulated_conv2d_cpu(x, weight, styles, demodulate=True, up=1, resample_filt
         d = torch.rsqrt(styles.to(y.dtype).square() @ sq.t() + eps)
     residual = None
     if skip is not None:
-        residual = F.conv_transpose2d(skip.to(y.dtype), _skip_filter(taps, skip.shape[1], y.dtype), stride=2,
-                                      padding=1, groups=skip.shape[1])
+        residual = F.conv_transpose2d(skip.to(y.dtype), _blur_filter(taps, skip.shape[1], y.dtype).flip([2, 3]),
+                                      stride=2, padding=1, groups=skip.shape[1])
     out = _epilogue(y, d, noise, bias, residual, act, alpha, gain, clamp)
     return out.to(store) if store != out.dtype else out
 
