@@ -14,7 +14,8 @@ Case format (what every bench/cases_*.py module exports as `CASES`, a list):
   so for a fast kernel that skips work (polyphase, region-restricted) it is an effective rate.
 
 Timing: `warmup` untimed runs, then up to `repeats` timed runs, stopping early once `budget` seconds are spent
-(at least one timed run: the slow reference rows of big cases take a minute each); the median is reported.
+(at least one timed run; a warmup run longer than the budget is itself the measurement: the reference rows of
+the big cases take a minute each); the median is reported.
 The fp32 and bf16 matmul rates are measured in the same process, right before the cases, so the "% of matmul"
 columns compare numbers taken under the same load.
 """
@@ -43,9 +44,14 @@ class Result(NamedTuple):
 
 
 def time_callable(fn, warmup=1, repeats=5, budget=10.0):
-    """Median wall time of fn() in seconds, and how many timed runs it took."""
+    """Median wall time of fn() in seconds, and how many timed runs it took. A warmup run longer than the whole
+    budget counts as the only measurement: one-time costs (caches of derived weights) are noise next to it,
+    and a second minute-long run of a reference case buys nothing."""
     for _ in range(warmup):
+        t0 = time.perf_counter()
         fn()
+        if time.perf_counter() - t0 > budget:
+            return time.perf_counter() - t0, 1
     times = []
     start = time.perf_counter()
     while len(times) < repeats and (not times or time.perf_counter() - start < budget):

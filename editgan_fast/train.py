@@ -10,11 +10,15 @@ L1 on image gradients that keeps their edges sharp. It is saved in rosinality's 
 ({'g_ema': state_dict, 'latent_avg': w_avg}).
 
 The segmenter is trained the DatasetGAN way: generator features of 16 samples, the renderer's exact label maps,
-an ensemble of pixel classifiers (Linear-ReLU-BN x2, Linear), saved in EditGAN's classifier format
-(model_<i>.pth = {'model_state_dict': ...} with keys layers.0 ... layers.6).
+an ensemble of 8 pixel classifiers (Linear-ReLU-BN x2, Linear; cross-entropy weighted up on the small parts),
+saved in EditGAN's classifier format by the segmenter module (toyfaces_seg_<i>.pth = {'model_state_dict': ...},
+keys module.layers.0 ... module.layers.6).
 
-Everything is seeded, so rerunning with the same arguments reproduces the shipped weights' quality (bit-exact
-weights would also need the same torch build and thread count). `manifest` records the files' sha256 and the
+Everything is seeded; training runs for a wall-clock budget, so the number of steps depends on the machine.
+The shipped generator: ~1000 steps (batch 24) with an earlier mapping step size (10x lr), then ~1900 steps of
+this script's schedule resumed from them (`--resume`), 1 thread on a shared 2-core machine: L1 to the renderer
+~0.18 on [-1, 1] images, eyes and mouths drawn but blurry. `python -m editgan_fast.train all --minutes 45`
+on an idle machine gets about as far; longer runs keep improving. `manifest` records the files' sha256 and the
 measured segmenter mIoU in manifest.json, which the tests check.
 """
 from __future__ import annotations

@@ -25,9 +25,11 @@ def test_unfused_modconv_matches_reference(up, kernel, skip, act):
     got = train.modulated_conv2d_unfused(x, w, s, **kw)
     assert got.shape == ref.shape
     torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
-    # Training differentiates through the weight and the styles.
-    w.requires_grad_(True)
-    s.requires_grad_(True)
+    # Training differentiates through the weight and the styles (gradcheck on a smaller problem: 2 channels).
+    side = 2 if skip else 3
+    x, w, s = x[:1, :2, :side, :side], w[:2, :2].clone().requires_grad_(True), s[:1, :2].clone().requires_grad_(True)
+    kw = dict(kw, bias=kw["bias"][:2], noise=None if skip else kw["noise"][:1, :, :side * up, :side * up],
+              skip=kw["skip"][:1, :2, :1, :1] if skip else None)
     assert torch.autograd.gradcheck(lambda w_, s_: train.modulated_conv2d_unfused(x, w_, s_, **kw), (w, s))
 
 
@@ -79,7 +81,7 @@ def test_a_few_training_steps_train_every_layer_and_lower_the_loss():
     real, labels = toyfaces.render(z, 16)
     with train.training_ops():
         loss0 = train.image_loss(g.synthesis(train.wplus_of(g, z)), real, labels).item()
-        train.train_generator(5.0, batch=8, lr=5e-3, generator=g, max_steps=40, log_every=1000)
+        train.train_generator(5.0, batch=4, lr=5e-3, generator=g, max_steps=25, log_every=1000)
         loss1 = train.image_loss(g.synthesis(train.wplus_of(g, z)), real, labels).item()
     assert loss1 < 0.8 * loss0, (loss0, loss1)
     moved = [n for n, p in g.named_parameters() if not torch.equal(p, before[n])]

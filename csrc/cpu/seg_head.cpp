@@ -27,14 +27,27 @@
 
 namespace {
 
-// Run-time ISA selection for the gather/scatter loops (the GEMMs go to ATen's BLAS, which selects its own).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define EG_CLONES __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
-#define EG_INLINE __attribute__((always_inline)) inline  // so the clones get the body compiled for their ISA
+// Run-time ISA selection for the gather/scatter loops (the GEMMs go to ATen's BLAS, which selects its own):
+// each hot loop is compiled twice, for AVX2+FMA and portable, and picked once by CPU feature. (Not
+// target_clones("arch=haswell"): its resolver asks whether the CPU *is* a Haswell, so AMD parts with AVX2
+// would get the portable build.)
+#if defined(__x86_64__) && defined(__GNUC__)
+#define EG_AVX2 __attribute__((target("avx2,fma")))
+#define EG_INLINE __attribute__((always_inline)) inline  // so each ISA variant gets the body compiled for it
+const bool kHasAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else
-#define EG_CLONES
+#define EG_AVX2
 #define EG_INLINE inline
+const bool kHasAvx2 = false;
 #endif
+// Defines NAME(args) dispatching to NAME_avx2 / NAME_portable, both with the body BODY.
+#define EG_DISPATCH(NAME, PARAMS, ARGS, BODY) \
+  EG_AVX2 void NAME##_avx2 PARAMS { BODY; }     \
+  void NAME##_portable PARAMS { BODY; }         \
+  void NAME PARAMS {                            \
+    if (kHasAvx2) NAME##_avx2 ARGS;             \
+    else NAME##_portable ARGS;                  \
+  }
 
 enum Mode : int64_t { kBilinear = 0, kNearest = 1 };
 
@@ -116,22 +129,19 @@ EG_INLINE void gather_taps_f32(float* dst, const float* init, const S* const* sr
   if (k0 < K) gather_block(dst, init, src, w, ntaps, k0, K - k0);
 }
 
-EG_CLONES void gather_taps(float* dst, const float* init, const float* const* src, const float* w, int ntaps,
-                           int64_t K) {
-  gather_taps_f32(dst, init, src, w, ntaps, K);
-}
-EG_CLONES void gather_taps(float* dst, const float* init, const uint16_t* const* src, const float* w, int ntaps,
-                           int64_t K) {
-  gather_taps_f32(dst, init, src, w, ntaps, K);
-}
+EG_DISPATCH(gather_taps, (float* dst, const float* init, const float* const* src, const float* w, int ntaps,
+                          int64_t K), (dst, init, src, w, ntaps, K), gather_taps_f32(dst, init, src, w, ntaps, K))
+EG_DISPATCH(gather_taps, (float* dst, const float* init, const uint16_t* const* src, const float* w, int ntaps,
+                          int64_t K), (dst, init, src, w, ntaps, K), gather_taps_f32(dst, init, src, w, ntaps, K))
 void gather_taps(double* dst, const double* init, const double* const* src, const float* w, int ntaps, int64_t K) {
   gather_taps_impl(dst, init, src, w, ntaps, K);
 }
 
 // y[k] += w x[k]: the adjoint of one tap, in backward.
-EG_CLONES void axpy(float* __restrict y, const float* __restrict x, float w, int64_t K) {
+EG_INLINE void axpy_f32(float* __restrict y, const float* __restrict x, float w, int64_t K) {
   for (int64_t k = 0; k < K; ++k) y[k] += w * x[k];
 }
+EG_DISPATCH(axpy, (float* y, const float* x, float w, int64_t K), (y, x, w, K), axpy_f32(y, x, w, K))
 void axpy(double* __restrict y, const double* __restrict x, double w, int64_t K) {
   for (int64_t k = 0; k < K; ++k) y[k] += w * x[k];
 }

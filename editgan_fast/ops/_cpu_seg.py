@@ -10,8 +10,8 @@ Plan, per call (see the C++ file for the per-tile work):
    *direct* (raw channels resampled per tile and projected per tile), which wins for maps with at least as
    many window pixels as requested pixels -- e.g. maps already at output size, where the projection IS the
    full-resolution work, or a small region.
-4. Output rows are processed in bands whose projections fit BAND_BYTES (car configuration fp32: 328 MiB peak
-   extra for the whole crop instead of ~830 MiB in one piece, and ~14 GB for the reference's stack).
+4. Output rows are processed in bands whose projections fit BAND_BYTES (car configuration, fp32, no autograd:
+   ~300 MiB peak extra measured, ~830 MiB in one piece, ~14 GB for the reference's stack).
 Weights are frozen: only gradients w.r.t. the feature maps are computed.
 
 bf16 mode (`use_backend("cpu", dtype=torch.bfloat16)`): the projections are stored in bf16 and everything is

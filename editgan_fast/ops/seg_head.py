@@ -119,11 +119,11 @@ def seg_head_reference(features, members, out_size, crop=None, mode="bilinear", 
     if region is not None:
         pixels = pixels[:, region]  # [N, P, D]
     flat = pixels.reshape(-1, dim)
-    out = []
+    out = [flat.new_zeros(0, members[0].num_classes)]  # an empty region gives [N, C, 0]
     for start in range(0, flat.shape[0], pixel_chunk):
         chunk = flat[start:start + pixel_chunk]
         out.append(sum(mlp_reference(m, chunk) for m in members) / len(members))
-    logits = torch.cat(out).reshape(*pixels.shape[:-1], -1)  # [N, h, w, C] or [N, P, C]
+    logits = torch.cat(out).reshape(*pixels.shape[:-1], members[0].num_classes)  # [N, h, w, C] or [N, P, C]
     return logits.movedim(-1, 1)
 
 
