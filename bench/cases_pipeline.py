@@ -1,7 +1,6 @@
-"""Pipeline stages at EditGAN's car configuration (issue 4): generator forward, `apply`, one refinement step.
+"""Pipeline stages at EditGAN's car configuration (issue 4): `apply` and one refinement step (the generator
+alone is in cases_conv.py, the head alone in cases_seg.py).
 
-- generator: 512 px config-f (channel multiplier 2), batch 1, constant noise; MACs = sum over layers of
-  Cout*Cin*k^2*H*W (the up=2 convs counted at output resolution, as the reference computes them).
 - apply: a new vector scale -> image + labels through `Editor.apply` (cached styles, generator, head over the
   384x512 crop, argmax), segmenter = 10 random members, 32 classes, 6016 feature channels.
 - refine step: one forward and backward for w+ of EditGAN's editing loss (cross-entropy inside a 96x128 region
@@ -34,16 +33,6 @@ def generator():
     return _cache["g"]
 
 
-def generator_macs(g):
-    macs, r = 0, 4
-    for layer, _, kind in g._layers():
-        w = layer.conv.weight
-        if getattr(layer.conv, "upsample", False):
-            r *= 2
-        macs += w.shape[1] * w.shape[2] * w.shape[3] * w.shape[4] * r * r
-    return macs
-
-
 def segmenter():
     if "s" not in _cache:
         from editgan_fast.ops.seg_head import PixelMLP
@@ -66,18 +55,6 @@ def segmenter():
 def _latent(g):
     torch.manual_seed(2)
     return g.truncate(g.mapping(torch.randn(1, 512)), 0.7)[:, None].expand(-1, g.num_ws, -1)[0].contiguous()
-
-
-def generator_forward(backend_name, dtype=None):
-    def make():
-        g = generator()
-        wplus = _latent(g)[None]
-
-        def run():
-            with editgan_fast.use_backend(backend_name, dtype=dtype), torch.no_grad():
-                return g.synthesis(wplus)
-        return run
-    return make
 
 
 def apply_new_scale(backend_name, dtype=None):
@@ -121,20 +98,7 @@ def refine_step(backend_name, with_lpips, dtype=None):
     return make
 
 
-_g_macs = 0
-
-
-def _macs():
-    global _g_macs
-    if not _g_macs:
-        _g_macs = generator_macs(generator())
-    return _g_macs
-
-
 CASES = [
-    Case("generator 512px config-f", "reference", None, generator_forward("reference"), None),
-    Case("generator 512px config-f", "cpu", torch.float32, generator_forward("cpu"), None),
-    Case("generator 512px config-f bf16", "cpu", torch.bfloat16, generator_forward("cpu", torch.bfloat16), None),
     Case("apply (new scale -> image + labels)", "reference", None, apply_new_scale("reference"), None),
     Case("apply (new scale -> image + labels)", "cpu", torch.float32, apply_new_scale("cpu"), None),
     Case("refine step, MSE", "reference", None, refine_step("reference", False), None),
