@@ -4,9 +4,9 @@ VENV    := .venv
 VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.setup-stamp
 # Native sources: a change rebuilds the extension on the next `make setup`.
-NATIVE  := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' 2>/dev/null) setup.py
+NATIVE  := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' 2>/dev/null) setup.py
 
-.PHONY: setup test test-full demo bench clean
+.PHONY: setup test test-full demo bench bench-quality clean
 
 setup: $(STAMP)
 
@@ -26,8 +26,14 @@ test-full: setup
 demo: setup
 	$(VPY) -m editgan_fast.cli demo --out out
 
+# Speed table (reference vs fast backends, same run), then the edit-quality benchmark at reduced size.
 bench: setup
 	$(VPY) bench/run.py
+	$(VPY) bench/edit_quality.py --reduced
+
+# The full edit-quality benchmark: 100 held-out samples, 0/10/30 refinement steps (tens of minutes on 2 cores).
+bench-quality: setup
+	$(VPY) bench/edit_quality.py
 
 clean:
 	rm -rf build *.egg-info editgan_fast/*.so

@@ -229,6 +229,19 @@ def _bands(features, out_size, mode, ys, xs, eh1, storage):
     return [(ys[a:b], xs[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
+_stack_cache: dict = {}
+
+
+def _stacked(members, dtype):
+    """Members are frozen: fold and stack them once per ensemble (an `apply` loop reuses one segmenter)."""
+    key = (tuple(id(m) for m in members), dtype)
+    hit = _stack_cache.get(key)
+    if hit is None or any(a is not b for a, b in zip(hit[0], members)):
+        _stack_cache.clear()  # one ensemble at a time: the stacked weights are as large as the members
+        hit = _stack_cache[key] = (list(members), _StackedMembers(members, dtype))
+    return hit[1]
+
+
 def seg_head_cpu(features, members, out_size, crop=None, mode="bilinear", region=None):
     """The reference's signature and result; never builds the [N, D, h, w] stack."""
     in_dtype = features[0].dtype
@@ -242,7 +255,7 @@ def seg_head_cpu(features, members, out_size, crop=None, mode="bilinear", region
     out_size = tuple(out_size)
     box = crop_box(out_size, crop)
     ys, xs = _pixel_list(box, region)
-    stack = _StackedMembers(members, dtype)
+    stack = _stacked(members, dtype)
     eh1 = stack.w1.shape[0]
     pieces = []
     for band_ys, band_xs in _bands(features, out_size, mode, ys, xs, eh1, storage):
