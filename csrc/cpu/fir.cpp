@@ -1,0 +1,71 @@
+// Separable FIR filtering of NCHW planes with zero padding (upfirdn2d with up = down = 1):
+//   out[y][x] = sum_i sum_j g[i] g[j] in[y + i - pad0][x + j - pad0],  out size = in + pad0 + pad1 - taps + 1.
+// g holds the taps already flipped and scaled (the caller decides convolution vs correlation and the gain), so
+// the adjoint is this same kernel with the taps reversed and pads (taps-1-pad0, taps-1-pad1): the backward.
+// Used for the blur after the up=2 transposed convolution, where a depthwise ATen convolution is ~10x slower.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace {
+
+template <typename T>
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void fir_plane(const T* in, T* out, T* rows, T* line, int64_t h, int64_t w, int64_t oh, int64_t ow, const T* g,
+               int64_t taps, int64_t pad0) {
+  // Horizontal pass into `rows` ([h, ow]) through a zero-padded copy of each row (`line`, w + pads long) so the
+  // inner loops carry no bounds checks and vectorize; then the vertical pass into `out`.
+  for (int64_t y = 0; y < h; ++y) {
+    std::copy(in + y * w, in + (y + 1) * w, line + pad0);
+    T* dst = rows + y * ow;
+    for (int64_t x = 0; x < ow; ++x) dst[x] = 0;
+    for (int64_t j = 0; j < taps; ++j) {
+      const T gj = g[j];
+      const T* src = line + j;
+      for (int64_t x = 0; x < ow; ++x) dst[x] += gj * src[x];
+    }
+  }
+  for (int64_t y = 0; y < oh; ++y) {
+    T* dst = out + y * ow;
+    for (int64_t x = 0; x < ow; ++x) dst[x] = 0;
+    for (int64_t i = 0; i < taps; ++i) {
+      const int64_t sy = y + i - pad0;
+      if (sy < 0 || sy >= h) continue;
+      const T gi = g[i];
+      const T* src = rows + sy * ow;
+      for (int64_t x = 0; x < ow; ++x) dst[x] += gi * src[x];
+    }
+  }
+}
+
+at::Tensor fir_separable(const at::Tensor& x, const at::Tensor& taps, int64_t pad0, int64_t pad1) {
+  TORCH_CHECK(x.dim() == 4 && x.device().is_cpu(), "fir_separable: x must be a CPU NCHW tensor");
+  TORCH_CHECK(taps.dim() == 1 && taps.dtype() == x.dtype(), "fir_separable: taps must be 1-D of x's dtype");
+  TORCH_CHECK(pad0 >= 0 && pad1 >= 0, "fir_separable: pads must be >= 0");
+  auto xc = x.contiguous();
+  auto g = taps.contiguous();
+  const int64_t n = x.size(0) * x.size(1), h = x.size(2), w = x.size(3), t = g.size(0);
+  const int64_t oh = h + pad0 + pad1 - t + 1, ow = w + pad0 + pad1 - t + 1;
+  TORCH_CHECK(oh > 0 && ow > 0, "fir_separable: empty output");
+  auto out = at::empty({x.size(0), x.size(1), oh, ow}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fir_separable", [&] {
+    at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> rows(h * ow), line(w + pad0 + pad1, scalar_t(0));
+      for (int64_t k = begin; k < end; ++k)
+        fir_plane<scalar_t>(xc.data_ptr<scalar_t>() + k * h * w, out.data_ptr<scalar_t>() + k * oh * ow,
+                            rows.data(), line.data(), h, w, oh, ow, g.data_ptr<scalar_t>(), t, pad0);
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(editgan_fast, m) {
+  m.def("fir_separable(Tensor x, Tensor taps, int pad0, int pad1) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(editgan_fast, CPU, m) { m.impl("fir_separable", &fir_separable); }
