@@ -3,8 +3,6 @@
 Bounds: float64 1e-10 relative (same algebra, different summation order); float32 2e-5 relative to the
 output's largest value; bf16 storage 1e-2 relative.
 """
-import itertools
-
 import pytest
 import torch
 
@@ -148,3 +146,19 @@ def test_generator_cpu_matches_reference():
     w64 = wplus.double().requires_grad_(True)
     (gi, (gw,)), (wi, (ww,)) = _grads(lambda w: gd.synthesis(w), [w64])
     assert _rel(gi, wi) < 1e-10 and _rel(gw, ww) < 1e-10
+
+
+@pytest.mark.parametrize("taps", [[1, 2, 1], [1, 5, 10, 10, 5, 1]])
+def test_other_resample_filters_match_reference(taps):
+    torch.manual_seed(5)
+    f = setup_filter(taps, dtype=torch.float64)
+    x = torch.randn(2, 3, 4, 6, dtype=torch.float64)
+    s = torch.randn(2, 3, dtype=torch.float64) + 1
+    up_w = torch.randn(5, 3, 3, 3, dtype=torch.float64)
+    rgb_w = torch.randn(5, 3, 1, 1, dtype=torch.float64)
+    skip = torch.randn(2, 5, 2, 3, dtype=torch.float64)
+    (u, (gu,)), (wu, (wgu,)) = _grads(lambda x: modulated_conv2d(x, up_w, s, up=2, resample_filter=f), [x])
+    (r, (gr,)), (wr, (wgr,)) = _grads(
+        lambda skip: modulated_conv2d(x, rgb_w, s, demodulate=False, resample_filter=f, skip=skip), [skip])
+    for a, b in ((u, wu), (gu, wgu), (r, wr), (gr, wgr)):
+        assert _rel(a, b) < 1e-12

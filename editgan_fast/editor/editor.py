@@ -318,9 +318,7 @@ class Editor:
             terms["reconstruction"] = recon.item()
             total = recon
             if self.encoder is not None:
-                with torch.no_grad():
-                    encoded = self.encoder(image.clamp(-1, 1))[0]
-                enc = F.mse_loss(wplus, encoded)
+                enc = losses.encoder_term(self.encoder, image, wplus)
                 total = total + EMBED_ENCODER_WEIGHT * enc
                 terms["encoder"] = enc.item()
             terms["total"] = total.item()

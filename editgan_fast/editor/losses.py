@@ -64,6 +64,14 @@ def image_keep_mask(region: torch.Tensor, segmenter, resolution: int) -> torch.T
     return 1.0 - inside
 
 
+def encoder_term(encoder, image, wplus):
+    """MSE(w+, E(G(w+))): keeps w+ where the encoder can reach it (EditGAN's regularizer). The encoder's output
+    is a target, so no gradient flows through it."""
+    with torch.no_grad():
+        encoded = encoder(image.clamp(-1, 1))[0]
+    return F.mse_loss(wplus, encoded)
+
+
 @dataclass
 class EditObjective:
     """The loss of a w+ for one edit: keep `reference` (an image [1, 3, R, R] in [-1, 1]) outside `region` and
@@ -101,9 +109,7 @@ class EditObjective:
         total = RGB_WEIGHT * rgb + CE_WEIGHT * ce
         terms["ce"] = ce.item()
         if self.encoder is not None:
-            with torch.no_grad():
-                encoded = self.encoder(image.clamp(-1, 1))[0]
-            enc = F.mse_loss(wplus, encoded)
+            enc = encoder_term(self.encoder, image, wplus)
             total = total + ENCODER_WEIGHT * enc
             terms["encoder"] = enc.item()
         terms["total"] = total.item()

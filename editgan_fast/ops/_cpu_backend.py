@@ -5,7 +5,6 @@ the reference's exact signature; this module collects them.
 """
 import importlib
 
-import torch
 
 DEVICES = {"cpu"}
 _GROUPS = ("_cpu_layers", "_cpu_seg")  # modules of editgan_fast.ops, each exporting OPS: {op name: function}

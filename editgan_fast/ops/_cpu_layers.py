@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from .. import backend
 from .bias_act import _defaults
-from .modulated_conv2d import up_blur_padding
+from .modulated_conv2d import skip_padding, up_blur_padding
 from .upfirdn2d import parse_padding
 
 _ACT = {"linear": 0, "lrelu": 1}
@@ -117,11 +117,13 @@ class _PerWeightCache:
         return value
 
 
-def _blur_filter(taps, channels, dtype, gain=4.0):
-    """Depthwise 2-D FIR weight for F.conv2d: correlation with the flipped filter = true convolution."""
+def _skip_upsample_filter(taps, channels, dtype):
+    """Depthwise 4x4 weight of ToRGB's skip upsampling as a stride-2 transposed convolution:
+    conv_transpose(x, g, padding P)[p] = sum_j x[j] g[p + P - 2j] equals zero insertion, padding (pad0, pad1)
+    and a true convolution with the filter (gain 4) when g is the unflipped filter and P = taps - 1 - pad0."""
     f = torch.tensor(taps, dtype=torch.float64)
     f = f / f.sum()
-    return (torch.outer(f, f).flip([0, 1]) * gain).to(dtype).expand(channels, 1, len(taps), len(taps)).contiguous()
+    return (torch.outer(f, f) * 4).to(dtype).expand(channels, 1, len(taps), len(taps)).contiguous()
 
 
 _transposed = _PerWeightCache(lambda w: w.transpose(0, 1).contiguous())  # [Cin, Cout, k, k] for conv_transpose
@@ -157,8 +159,10 @@ def modulated_conv2d_cpu(x, weight, styles, demodulate=True, up=1, resample_filt
         d = torch.rsqrt(styles.to(y.dtype).square() @ sq.t() + eps)
     residual = None
     if skip is not None:
-        residual = F.conv_transpose2d(skip.to(y.dtype), _blur_filter(taps, skip.shape[1], y.dtype).flip([2, 3]),
-                                      stride=2, padding=1, groups=skip.shape[1])
+        pad0 = skip_padding(len(taps))[0]
+        residual = F.conv_transpose2d(skip.to(y.dtype), _skip_upsample_filter(taps, skip.shape[1], y.dtype),
+                                      stride=2, padding=len(taps) - 1 - pad0, groups=skip.shape[1])
+        residual = residual[:, :, : y.shape[2], : y.shape[3]]
     out = _epilogue(y, d, noise, bias, residual, act, alpha, gain, clamp)
     return out.to(store) if store != out.dtype else out
 

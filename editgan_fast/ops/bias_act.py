@@ -5,7 +5,6 @@ variance-preserving gain: 1 for linear, sqrt(2) for lrelu. `b` is broadcast alon
 """
 import math
 
-import torch
 import torch.nn.functional as F
 
 from .. import backend
