@@ -1,8 +1,10 @@
 """Small random models written in the real file formats (rosinality torch files, StyleGAN2-ADA pickles)."""
 import collections
+import importlib.util
 import pickle
 import sys
 import types
+from pathlib import Path
 
 import torch
 
@@ -113,3 +115,13 @@ def make_ada_pickle(path, g: Generator):
                 sys.modules.pop(k, None)
             else:
                 sys.modules[k] = v
+
+
+def load_bench_script(name):
+    """Import bench/<name>.py (the benchmarks are scripts, not a package) as module `name`."""
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -1,23 +1,14 @@
 """The edit-quality benchmark's programmatic mask edits and metrics, on renderer ground truth."""
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from editgan_fast import toyfaces
-
-ROOT = Path(__file__).resolve().parents[1]
+from factories import load_bench_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("edit_quality", ROOT / "bench" / "edit_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["edit_quality"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("edit_quality")
 
 
 @pytest.fixture(scope="module")

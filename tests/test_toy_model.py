@@ -1,10 +1,7 @@
 """The bundled trained toy-face model: it loads through the public loaders, its checksums match, its segmenter
 is as good as measured when it was trained, and a learned vector edits its target part."""
-import importlib.util
 import json
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,18 +9,14 @@ import torch
 from editgan_fast import assets, toyfaces, train
 from editgan_fast.models.loaders import load_generator
 from editgan_fast.models.segmenter import load_segmenter
+from factories import load_bench_script
 
-ROOT = Path(__file__).resolve().parents[1]
 MIOU_MARGIN = 0.05  # fresh samples vs the 64 the manifest's value was measured on
 FRESH_SEED = 5000   # disjoint from the segmenter's training (1000) and measuring (2000) seeds
 
 
 def _load_bench():
-    spec = importlib.util.spec_from_file_location("edit_quality", ROOT / "bench" / "edit_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["edit_quality"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("edit_quality")
 
 
 @pytest.fixture(scope="module")
