@@ -356,6 +356,16 @@ int64_t max_direct_channels(const Head& hd) {
   return k;
 }
 
+// Both hidden layers of every member for one tile, shared by forward and backward (which recomputes them):
+// a1 = ReLU(first layer) written into `a1` [T, E*H1], returns ReLU(second layer) [E, T, H2].
+template <typename scalar_t>
+at::Tensor hidden_layers(const Head& hd, int64_t n, int64_t p0, int64_t T, at::Tensor& a1, at::Tensor& buf) {
+  hidden_tile<scalar_t>(hd, n, p0, T, a1, buf);
+  a1.relu_();
+  at::Tensor z = at::bmm(a1.view({T, hd.E, hd.H1}).transpose(0, 1), hd.w2t);  // [E, T, H2]
+  return z.add_(hd.b2).relu_();
+}
+
 template <typename scalar_t>
 void forward_impl(const Head& hd, at::Tensor& out) {
   const int64_t ntiles = (hd.npix + hd.tile - 1) / hd.tile;
@@ -368,10 +378,7 @@ void forward_impl(const Head& hd, at::Tensor& out) {
       for (int64_t ti = t0; ti < t1; ++ti) {
         const int64_t p0 = ti * hd.tile, T = std::min(hd.tile, hd.npix - p0);
         at::Tensor h = hbuf.narrow(0, 0, T);
-        hidden_tile<scalar_t>(hd, n, p0, T, h, dbuf);
-        h.relu_();
-        at::Tensor z = at::bmm(h.view({T, hd.E, hd.H1}).transpose(0, 1), hd.w2t);  // [E, T, H2]
-        z.add_(hd.b2).relu_();
+        at::Tensor z = hidden_layers<scalar_t>(hd, n, p0, T, h, dbuf);
         at::Tensor logits = at::addmm(hd.b3mean, z.transpose(0, 1).reshape({T, hd.E * hd.H2}), hd.w3s.t());
         out[n].narrow(1, p0, T).copy_(logits.t());
       }
@@ -412,10 +419,7 @@ std::vector<at::Tensor> backward_impl(const Head& hd, const at::Tensor& grad_out
       for (int64_t ti = t0; ti < t1; ++ti) {
         const int64_t p0 = ti * hd.tile, T = std::min(hd.tile, hd.npix - p0);
         at::Tensor a1 = hbuf.narrow(0, 0, T);
-        hidden_tile<scalar_t>(hd, n, p0, T, a1, dbuf);
-        a1.relu_();
-        at::Tensor z = at::bmm(a1.view({T, hd.E, hd.H1}).transpose(0, 1), hd.w2t);
-        z.add_(hd.b2).relu_();
+        at::Tensor z = hidden_layers<scalar_t>(hd, n, p0, T, a1, dbuf);
         // dL/dlogits_e = dL/dmean / E (folded into w3s); back through Linear, ReLU, Linear, ReLU.
         at::Tensor ga2 = at::mm(grad_out[n].narrow(1, p0, T).t(), hd.w3s);  // [T, E*H2]
         at::Tensor gz = at::threshold_backward(ga2.view({T, hd.E, hd.H2}).transpose(0, 1), z, 0);
