@@ -22,6 +22,7 @@ convolution is ~500x slower than fp32) they run in fp32 and only storage is bf16
 """
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 
@@ -40,6 +41,7 @@ def _native():
     return torch.ops.editgan_fast
 
 
+@functools.cache
 def native_bf16() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
@@ -92,6 +94,7 @@ class SeparableFir(torch.autograd.Function):
         return SeparableFir.apply(grad.contiguous(), taps.flip(0), n - 1 - pad0, n - 1 - pad1), None, None, None
 
 
+@functools.lru_cache(maxsize=64)
 def _blur_taps(taps, dtype, gain=4.0):
     """1-D taps for a true convolution with the normalized filter, each axis carrying sqrt(gain)."""
     f = torch.tensor(taps, dtype=torch.float64)
@@ -117,6 +120,7 @@ class _PerWeightCache:
         return value
 
 
+@functools.lru_cache(maxsize=64)
 def _skip_upsample_filter(taps, channels, dtype):
     """Depthwise 4x4 weight of ToRGB's skip upsampling as a stride-2 transposed convolution:
     conv_transpose(x, g, padding P)[p] = sum_j x[j] g[p + P - 2j] equals zero insertion, padding (pad0, pad1)
