@@ -165,34 +165,41 @@ def test_other_resample_filters_match_reference(taps):
 
 
 @pytest.mark.parametrize("n,cin,cout,h,w", [(1, 3, 5, 7, 9), (2, 17, 8, 8, 8), (1, 33, 17, 5, 12), (3, 4, 4, 1, 1)])
+@pytest.mark.parametrize("up", [1, 2])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-13), (torch.float32, 2e-6)])
-def test_winograd_conv3x3_matches_direct(n, cin, cout, h, w, dtype, tol):
-    """Winograd F(2x2, 3x3) against conv2d in float64, odd and even sizes (partial edge tiles), batch > 1."""
-    from editgan_fast.ops._cpu_layers import winograd_weight
-    torch.manual_seed(cin * h + w)
+def test_winograd_conv_matches_direct(n, cin, cout, h, w, up, dtype, tol):
+    """The tile transforms against conv2d (up=1, padding 1) and conv_transpose2d (up=2, stride 2) in float64:
+    odd and even sizes (partial edge tiles), batch > 1, a 1x1 image."""
+    from editgan_fast.ops._cpu_layers import SAME_3X3, TRANSPOSED_3X3_UP2, winograd_conv, winograd_weight
+    torch.manual_seed(cin * h + w + up)
+    spec = SAME_3X3 if up == 1 else TRANSPOSED_3X3_UP2
     x = torch.randn(n, cin, h, w, dtype=dtype)
     weight = torch.randn(cout, cin, 3, 3, dtype=dtype)
-    got = torch.ops.editgan_fast.winograd_conv3x3(x, winograd_weight(weight))
-    want = torch.nn.functional.conv2d(x.double(), weight.double(), padding=1)
+    got = winograd_conv(x, winograd_weight(weight, spec), spec)
+    if up == 1:
+        want = torch.nn.functional.conv2d(x.double(), weight.double(), padding=1)
+    else:
+        want = torch.nn.functional.conv_transpose2d(x.double(), weight.double().transpose(0, 1), stride=2)
     assert got.dtype == dtype and got.shape == want.shape
     assert _rel(got, want) < tol
 
 
-def test_winograd_layers_match_reference_with_gradients(monkeypatch):
+@pytest.mark.parametrize("up", [1, 2])
+def test_winograd_layers_match_reference_with_gradients(monkeypatch, up):
     """With the channel threshold lowered, a layer takes the Winograd path: forward and gradients for the
     input and the styles against the reference, and gradcheck."""
     from editgan_fast.ops import _cpu_layers
     monkeypatch.setattr(_cpu_layers, "WINOGRAD_MIN_CHANNELS", 1)
     calls = []
-    transforms = _cpu_layers._winograd_u.get
-    monkeypatch.setattr(_cpu_layers._winograd_u, "get", lambda w: calls.append(w.shape) or transforms(w))
-    torch.manual_seed(3)
-    x = torch.randn(2, 6, 5, 7, dtype=torch.float64)
-    s = torch.randn(2, 6, dtype=torch.float64) + 1
-    weight = torch.randn(5, 6, 3, 3, dtype=torch.float64) / 6
-    noise = torch.randn(1, 1, 5, 7, dtype=torch.float64)
-    fn = lambda x, s: modulated_conv2d(x, weight, s, noise=noise, bias=torch.ones(5, dtype=torch.float64),
-                                       act="lrelu")
+    monkeypatch.setattr(_cpu_layers.Winograd3x3, "forward", _spy(_cpu_layers.Winograd3x3.forward, calls))
+    torch.manual_seed(3 + up)
+    x = torch.randn(2, 4, 3, 5, dtype=torch.float64)
+    s = torch.randn(2, 4, dtype=torch.float64) + 1
+    weight = torch.randn(3, 4, 3, 3, dtype=torch.float64) / 6
+    noise = torch.randn(1, 1, 3 * up, 5 * up, dtype=torch.float64)
+    f = setup_filter([1, 3, 3, 1], dtype=torch.float64)
+    fn = lambda x, s: modulated_conv2d(x, weight, s, up=up, resample_filter=f, noise=noise,
+                                       bias=torch.ones(3, dtype=torch.float64), act="lrelu")
     (y, grads), (want, want_grads) = _grads(fn, [x, s])
     assert calls, "the Winograd path was not taken"
     assert _rel(y, want) < 1e-12
@@ -200,3 +207,7 @@ def test_winograd_layers_match_reference_with_gradients(monkeypatch):
         assert _rel(g, wg) < 1e-12
     with editgan_fast.use_backend("cpu"):
         assert torch.autograd.gradcheck(fn, (x.requires_grad_(True), s.requires_grad_(True)))
+
+
+def _spy(fn, calls):
+    return staticmethod(lambda *args: calls.append(1) or fn(*args))

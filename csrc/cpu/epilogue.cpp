@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include "editgan/elementwise.h"
+#include "editgan/grain.h"
 
 namespace {
 
@@ -90,7 +91,7 @@ at::Tensor epilogue_forward(const at::Tensor& y, const c10::optional<at::Tensor>
   auto out = at::empty_like(y);
   const int64_t planes = y.size(0) * y.size(1), hw = y.size(2) * y.size(3);
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "epilogue_forward", [&] {
-    at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, planes, editgan::grain_for(hw), [&](int64_t begin, int64_t end) {
       for (int64_t k = begin; k < end; ++k)
         forward_plane<scalar_t>(plane<scalar_t>(y, d, noise, bias, residual, k), out.data_ptr<scalar_t>() + k * hw, hw, p);
     });
@@ -109,7 +110,7 @@ std::tuple<at::Tensor, at::Tensor> epilogue_backward(const at::Tensor& grad_out,
   auto grad_d = at::empty({y.size(0), y.size(1)}, y.options());
   const int64_t planes = y.size(0) * y.size(1), hw = y.size(2) * y.size(3);
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "epilogue_backward", [&] {
-    at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, planes, editgan::grain_for(hw), [&](int64_t begin, int64_t end) {
       for (int64_t k = begin; k < end; ++k)
         grad_d.data_ptr<scalar_t>()[k] = backward_plane<scalar_t>(
             plane<scalar_t>(y, d, noise, bias, c10::nullopt, k), grad_out.data_ptr<scalar_t>() + k * hw,

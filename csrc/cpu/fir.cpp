@@ -7,6 +7,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "editgan/grain.h"
+
 #include <algorithm>
 #include <vector>
 
@@ -52,7 +54,7 @@ at::Tensor fir_separable(const at::Tensor& x, const at::Tensor& taps, int64_t pa
   TORCH_CHECK(oh > 0 && ow > 0, "fir_separable: empty output");
   auto out = at::empty({x.size(0), x.size(1), oh, ow}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fir_separable", [&] {
-    at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, n, editgan::grain_for(h * w), [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> rows(h * ow), line(w + pad0 + pad1, scalar_t(0));
       for (int64_t k = begin; k < end; ++k)
         fir_plane<scalar_t>(xc.data_ptr<scalar_t>() + k * h * w, out.data_ptr<scalar_t>() + k * oh * ow,

@@ -25,6 +25,7 @@ convolution is ~500x slower than fp32) they run in fp32 and only storage is bf16
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import weakref
@@ -137,46 +138,97 @@ def _skip_upsample_filter(taps, channels, dtype):
 _transposed = _PerWeightCache(lambda w: w.transpose(0, 1).contiguous())  # [Cin, Cout, k, k] for conv_transpose
 _sum_squares = _PerWeightCache(lambda w: w.square().sum(dim=[2, 3]))
 
-# ------------------------------------------------------------------------------------ Winograd 3x3 convolution
-# Layers with at least this many input and output channels run their 3x3 "same" convolution as Winograd
-# F(2x2, 3x3) (csrc/cpu/winograd.cpp: 2.25x fewer products). Below it the input/output transforms, which are
-# memory-bound, cost more than they save (measured: 1.5-1.8x faster at 128-512 channels, ~1x at 64).
-WINOGRAD_MIN_CHANNELS = 128
-_WINOGRAD_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
+# ------------------------------------------------------------------------------- Winograd-style convolutions
+@dataclasses.dataclass(frozen=True)
+class WinogradSet:
+    """Per-axis transforms of a tile convolution (csrc/cpu/winograd.cpp): out_tile outputs per tile from a
+    `window`-sample input window, `alpha` products; out = A^T [(G g G^T) . (B^T d B)] A in 2-D."""
+    bt: tuple     # [alpha][window]
+    g: tuple      # [alpha][3]: kernel taps -> transformed taps
+    at: tuple     # [out_tile][alpha]
+    up: int
+
+    @property
+    def alpha(self):
+        return len(self.bt)
 
 
-def winograd_weight(w):
-    """U [16, K, C] = G g G^T per (output k, input c) 3x3 kernel g = w[k, c], computed in float64."""
-    g = torch.tensor(_WINOGRAD_G, dtype=torch.float64)
+# F(2x2, 3x3): the 3x3 "same" convolution, 4 products per output pixel instead of 9.
+SAME_3X3 = WinogradSet(
+    bt=((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)),
+    g=((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1)),
+    at=((1, 1, 1, 0), (0, 1, -1, -1)), up=1)
+# The stride-2 transposed 3x3 convolution t[2q] = x[q] w0 + x[q-1] w2, t[2q+1] = x[q] w1 per axis, over windows
+# d = x[2m-1 .. 2m+1] giving t[4m .. 4m+3]: the even phase by F(2, 2) (products (d0-d1) w2, d1 (w0+w2),
+# (d2-d1) w0), the odd phase directly (d1 w1, d2 w1): 25 products per 4 input pixels instead of 36.
+TRANSPOSED_3X3_UP2 = WinogradSet(
+    bt=((1, -1, 0), (0, 1, 0), (0, -1, 1), (0, 1, 0), (0, 0, 1)),
+    g=((0, 0, 1), (1, 0, 1), (1, 0, 0), (0, 1, 0), (0, 1, 0)),
+    at=((1, 1, 0, 0, 0), (0, 0, 0, 1, 0), (0, 1, 1, 0, 0), (0, 0, 0, 0, 1)), up=2)
+
+
+def winograd_weight(w, spec=SAME_3X3):
+    """U [alpha^2, K, C] = G g G^T per (output k, input c) 3x3 kernel g = w[k, c], computed in float64."""
+    g = torch.tensor(spec.g, dtype=torch.float64)
     u = torch.einsum("ia,kcab,jb->ijkc", g, w.double(), g)
-    return u.reshape(16, w.shape[0], w.shape[1]).to(w.dtype).contiguous()
+    return u.reshape(spec.alpha ** 2, w.shape[0], w.shape[1]).to(w.dtype).contiguous()
 
 
+def winograd_conv(x, u, spec):
+    """The tile convolution of x with transformed weight u; output H*up (+1 for the transposed convolution's
+    full output)."""
+    h, w = x.shape[2] * spec.up, x.shape[3] * spec.up
+    extra = 0 if spec.up == 1 else 1
+    return _native().winograd_conv(x, u, [float(v) for row in spec.bt for v in row], len(spec.bt[0]),
+                                   [float(v) for row in spec.at for v in row], len(spec.at), spec.up,
+                                   h + extra, w + extra)
+
+
+# Layers with at least this many input and output channels take the Winograd paths. Below it the transforms,
+# which are memory-bound, cost more than they save (measured: 1.5-1.8x faster at 128-512 channels, ~1x at 64).
+WINOGRAD_MIN_CHANNELS = 128
+_winograd_u = {spec: _PerWeightCache(functools.partial(winograd_weight, spec=spec))
+               for spec in (SAME_3X3, TRANSPOSED_3X3_UP2)}
 # conv2d's input gradient is the 3x3 "same" convolution with the adjoint weight (in/out swapped, flipped).
-_winograd_u = _PerWeightCache(winograd_weight)
 _winograd_u_adjoint = _PerWeightCache(lambda w: winograd_weight(w.transpose(0, 1).flip([2, 3])))
 
 
 class Winograd3x3(torch.autograd.Function):
-    """conv2d(x, w, padding=1) by Winograd, input gradient by Winograd with the adjoint weight (w is frozen)."""
+    """conv2d(x, w, padding=1) (up=1) or conv_transpose2d(x, w^T, stride=2) (up=2) by the tile transforms;
+    input gradient by Winograd with the adjoint weight (up=1) or the stride-2 convolution (up=2). w is frozen."""
 
     @staticmethod
-    def forward(ctx, x, w):
-        ctx.weight = w
-        return _native().winograd_conv3x3(x, _winograd_u.get(w))
+    def forward(ctx, x, w, up):
+        ctx.weight, ctx.up = w, up
+        spec = SAME_3X3 if up == 1 else TRANSPOSED_3X3_UP2
+        return winograd_conv(x, _winograd_u[spec].get(w), spec)
 
     @staticmethod
     def backward(ctx, grad):
-        return _native().winograd_conv3x3(grad.contiguous(), _winograd_u_adjoint.get(ctx.weight)), None
+        grad = grad.contiguous()
+        if ctx.up == 1:
+            return winograd_conv(grad, _winograd_u_adjoint.get(ctx.weight), SAME_3X3), None, None
+        return F.conv2d(grad, _transposed.get(ctx.weight), stride=2), None, None
+
+
+def _use_winograd(x, w):
+    return w.shape[-1] == 3 and min(w.shape[0], w.shape[1]) >= WINOGRAD_MIN_CHANNELS and \
+        x.dtype in (torch.float32, torch.float64)
 
 
 def _conv_same(x, w):
     """conv2d(x, w, padding=k // 2) with the frozen weight w (the same tensor on every call: its transforms
     are cached by identity)."""
-    if w.shape[-1] == 3 and min(w.shape[0], w.shape[1]) >= WINOGRAD_MIN_CHANNELS and \
-            x.dtype in (torch.float32, torch.float64):
-        return Winograd3x3.apply(x, w)
+    if _use_winograd(x, w):
+        return Winograd3x3.apply(x, w, 1)
     return F.conv2d(x, w.detach(), padding=w.shape[-1] // 2)
+
+
+def _conv_transpose_up2(x, w):
+    """The stride-2 transposed convolution with w [Cout, Cin, k, k] (its full output, (H-1)*2 + k)."""
+    if _use_winograd(x, w):
+        return Winograd3x3.apply(x, w, 2)
+    return F.conv_transpose2d(x, _transposed.get(w), stride=2)
 
 
 # ------------------------------------------------------------------------------------------------------- ops
@@ -199,7 +251,7 @@ def modulated_conv2d_cpu(x, weight, styles, demodulate=True, up=1, resample_filt
         # Transposed conv (9 taps per input pixel, no inserted zeros), then the blur as one native separable pass:
         # 4x fewer products than the equivalent 3x3 conv per output phase at low resolution (36 taps per pixel).
         p0, p1 = up_blur_padding(k, len(taps))
-        t = F.conv_transpose2d(xs, _transposed.get(w), stride=2)
+        t = _conv_transpose_up2(xs, w)
         y = SeparableFir.apply(t, _blur_taps(taps, t.dtype), p0, p1)
     y = y.to(torch.float32 if compute == torch.bfloat16 else compute)
     d = None
