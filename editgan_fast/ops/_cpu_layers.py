@@ -4,14 +4,15 @@ The exact algebra, with the heavy products in ATen's oneDNN convolutions (they r
 element-wise step in one native pass (csrc/cpu/epilogue.cpp):
 - styles are folded into the input: conv(x, W * s) == conv(x * s, W), so ONE convolution with the shared frozen
   weight serves the whole batch, never a per-sample weight;
-- 3x3 convolutions with >= WINOGRAD_MIN_CHANNELS channels run as Winograd F(2x2, 3x3) (csrc/cpu/winograd.cpp):
-  16 batched matrix products with 2.25x fewer multiplications than the direct convolution, exact up to
-  rounding; the input gradient is the same kernel with the adjoint weight;
 - demodulation d[n, o] = rsqrt(sum_i wsq[o, i] s[n, i]^2 + eps) is one small matrix product, applied after the
   convolution (it only scales output channels);
 - up=2 is the stride-2 transposed convolution itself (9 products per input pixel; it never multiplies inserted
-  zeros), then the [1,3,3,1] blur as one native separable pass (csrc/cpu/fir.cpp). (Folding the blur into per-phase 3x3 weights would also
-  skip the zeros but costs 36 products per input pixel: 4x the work for the heavy part.)
+  zeros), then the [1,3,3,1] blur as one native separable pass (csrc/cpu/fir.cpp). (Folding the blur into
+  per-phase 3x3 weights would also skip the zeros but costs 36 products per input pixel.)
+- layers with >= WINOGRAD_MIN_CHANNELS channels run their 3x3 products as tile transforms (csrc/cpu/winograd.cpp,
+  batched matrix products, exact up to rounding): F(2x2, 3x3) for the "same" convolution (2.25x fewer
+  products; its input gradient is the same kernel with the adjoint weight) and F(2, 2) per phase for the
+  transposed one (1.44x fewer);
 - the skip upsampling of ToRGB is a stride-2 transposed convolution with the 4x4 filter (polyphase by nature),
   added inside the epilogue pass;
 - the epilogue (demodulation, noise, bias, leaky ReLU, gain, clamp, skip) is one native pass forward and one
