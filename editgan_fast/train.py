@@ -171,8 +171,8 @@ def train_generator(minutes: float, batch: int = 24, lr: float = 2e-3, seed: int
         step += 1
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step == 20:
-            total_steps_guess = int(20 * minutes * 60 / (time.monotonic() - start))
-            total_steps_guess = min(total_steps_guess, max_steps or total_steps_guess)
+            total_steps_guess = max_steps if max_steps is not None and math.isinf(minutes) else \
+                min(int(20 * minutes * 60 / (time.monotonic() - start)), max_steps or math.inf)
         if total_steps_guess:  # cosine decay over the estimated run length
             frac = min(step / total_steps_guess, 1.0)
             for group, base in zip(opt.param_groups, lrs):
@@ -297,6 +297,9 @@ def main(argv=None):
     parser.add_argument("what", choices=("generator", "segmenter", "manifest", "all"))
     parser.add_argument("--out", type=Path, default=ASSETS)
     parser.add_argument("--minutes", type=float, default=45.0, help="generator training wall time")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="train the generator for exactly this many steps (cosine schedule over them; "
+                             "reproducible on any machine) instead of a wall-clock budget")
     parser.add_argument("--batch", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine may be shared)")
@@ -310,7 +313,9 @@ def main(argv=None):
             g = build_generator(args.seed)
             if args.resume:
                 g.load_state_dict(torch.load(gpath, weights_only=True)["g_ema"])
-            g = train_generator(args.minutes, batch=args.batch, seed=args.seed, generator=g, log_every=200,
+            minutes = math.inf if args.steps else args.minutes
+            g = train_generator(minutes, batch=args.batch, seed=args.seed, generator=g, log_every=200,
+                                max_steps=args.steps,
                                 snapshot=lambda g: save_generator(g, gpath))
             save_generator(g, gpath)
         miou = None
