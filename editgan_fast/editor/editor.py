@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from .. import io
 from . import losses
 from .progress import ProgressBar
-from .vectors import EditVector
+from .vectors import EditVector, wplus_matrix
 
 StepCallback = Callable[[int, dict, torch.Tensor], None]
 LEARN_LR = 0.02          # EditGAN's editing optimizer (Adam, constant)
@@ -36,13 +36,7 @@ class Latent:
     """A w+ latent [num_ws, style_dim] (float32, detached). Treat it as immutable: the editor caches its styles."""
 
     def __init__(self, wplus: torch.Tensor):
-        if not isinstance(wplus, torch.Tensor) or not wplus.is_floating_point():
-            raise ValueError(f"a Latent wraps a float tensor [num_ws, style_dim], got {type(wplus).__name__}")
-        if wplus.ndim == 3 and wplus.shape[0] == 1:
-            wplus = wplus[0]
-        if wplus.ndim != 2:
-            raise ValueError(f"a Latent wraps w+ of shape [num_ws, style_dim], got {tuple(wplus.shape)}")
-        self.wplus = wplus.detach().float()
+        self.wplus = wplus_matrix(wplus, "a latent w+").detach().float()
 
     def __repr__(self):
         return f"Latent({tuple(self.wplus.shape)})"

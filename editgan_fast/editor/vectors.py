@@ -29,6 +29,19 @@ class VectorMismatchError(ValueError):
     """A vector belongs to another generator (different weights, num_ws or style_dim)."""
 
 
+def wplus_matrix(t, what: str) -> torch.Tensor:
+    """A float tensor [num_ws, style_dim] (EditGAN's [1, num_ws, style_dim] accepted), or a ValueError naming
+    `what` and the shape it got."""
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+        raise ValueError(f"{what} must be a float tensor [num_ws, style_dim], got {type(t).__name__}"
+                         + (f" of {t.dtype}" if isinstance(t, torch.Tensor) else ""))
+    if t.ndim == 3 and t.shape[0] == 1:
+        t = t[0]
+    if t.ndim != 2:
+        raise ValueError(f"{what} must have shape [num_ws, style_dim], got {tuple(t.shape)}")
+    return t
+
+
 class EditVector:
     """δ [num_ws, style_dim] (float32, CPU), the class ids it edits, a name, and the fingerprint of its generator.
 
@@ -36,12 +49,7 @@ class EditVector:
     """
 
     def __init__(self, delta: torch.Tensor, classes=(), name: str = "edit", fingerprint: str = ""):
-        if not isinstance(delta, torch.Tensor) or not delta.is_floating_point():
-            raise ValueError(f"delta must be a float tensor [num_ws, style_dim], got {type(delta).__name__}")
-        if delta.ndim == 3 and delta.shape[0] == 1:
-            delta = delta[0]
-        if delta.ndim != 2:
-            raise ValueError(f"delta must have shape [num_ws, style_dim], got {tuple(delta.shape)}")
+        delta = wplus_matrix(delta, "an editing vector's delta")
         if not torch.isfinite(delta).all():
             raise ValueError("delta contains NaN or Inf")
         self.delta = delta.detach().to("cpu", torch.float32).contiguous()
