@@ -13,7 +13,9 @@ of refinement. Per edit and setting it reports:
 - PSNR of the edited image against the original outside the edited region (the pixels whose predicted label
   changed or that belong to the edited classes, dilated by 2 px), in dB on images scaled to [0, 1];
 and, once, the segmenter's mIoU against the renderer on the held-out samples.
-A grid image (originals, edited, their label maps) goes to out/edit_quality.png.
+A grid image (per edit a row; per sample the original, the edited image, their label maps) goes to
+out/edit_quality.png, and the renderer's faces above the generator's for the same latents to
+out/generator_vs_renderer.png.
 """
 from __future__ import annotations
 
@@ -129,7 +131,7 @@ def learn_vectors(editor, learn_steps, train_samples=2, candidates=16):
 def run(editor, samples=100, refine_steps=(0, 10, 30), learn_steps=100, out=Path("out"), grid_samples=3,
         train_samples=2):
     """The benchmark; returns {"miou": float, "edits": {name: {steps: {"success", "success_pred",
-    "success_truth", "psnr"}}}} and writes out/edit_quality.{json,png}."""
+    "success_truth", "psnr"}}}} and writes out/edit_quality.{json,png} and out/generator_vs_renderer.png."""
     from editgan_fast import io
     g = editor.generator
     z = toyfaces.sample_z(samples, g.style_dim, seed=HELD_OUT_SEED)
@@ -172,10 +174,18 @@ def run(editor, samples=100, refine_steps=(0, 10, 30), learn_steps=100, out=Path
                           palette[labels1[i]].permute(2, 0, 1)]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    grid = io.image_grid(torch.stack(grid_rows), columns=4 * min(grid_samples, samples))
-    io.tensor_to_pil(grid).resize((grid.shape[2] * 2, grid.shape[1] * 2), 0).save(out / "edit_quality.png")
+    _save_grid(torch.stack(grid_rows), 4 * min(grid_samples, samples), out / "edit_quality.png")
+    k = min(8, samples)  # how close the generator comes to the renderer: truth above, generated below
+    real, _ = toyfaces.render(z[:k], g.resolution)
+    _save_grid(torch.cat([real, image0[:k]]), k, out / "generator_vs_renderer.png")
     (out / "edit_quality.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _save_grid(images, columns, path):
+    from editgan_fast import io
+    grid = io.image_grid(images, columns=columns)
+    io.tensor_to_pil(grid).resize((grid.shape[2] * 2, grid.shape[1] * 2), 0).save(path)
 
 
 def format_report(report) -> str:

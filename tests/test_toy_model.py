@@ -103,7 +103,8 @@ def test_benchmark_runs_at_reduced_size(tmp_path, capsys):
     bench = _load_bench()
     bench.main(["--reduced", "--out", str(tmp_path)])
     report = json.loads((tmp_path / "edit_quality.json").read_text())
-    assert (tmp_path / "edit_quality.png").stat().st_size > 0
+    for picture in ("edit_quality.png", "generator_vs_renderer.png"):
+        assert (tmp_path / picture).stat().st_size > 0, picture
     assert 0 < report["miou"] <= 1
     assert set(report["edits"]) == {e.name for e in bench.EDITS}
     for settings in report["edits"].values():
