@@ -36,9 +36,12 @@ void check_launch(cudaError_t err, const char* what) {
   TORCH_CHECK(err == cudaSuccess, what, " kernel launch failed: ", cudaGetErrorString(err));
 }
 
-// [outer, channels, inner] view of x for a bias along `dim` (channels = 1 without a bias).
-void bias_layout(const at::Tensor& x, const std::optional<at::Tensor>& b, int64_t dim, int64_t& outer,
-                 int64_t& channels, int64_t& inner) {
+// Checks the bias and the activation of bias_act(_grad) and gives the [outer, channels, inner] view of x for a
+// bias along `dim` (channels = 1 without a bias).
+void bias_act_layout(const at::Tensor& x, const std::optional<at::Tensor>& b, int64_t dim, int64_t act,
+                     int64_t& outer, int64_t& channels, int64_t& inner) {
+  if (b.has_value()) check_cuda(*b, "bias", x);
+  TORCH_CHECK(act == 0 || act == 1, "act must be 0 (linear) or 1 (lrelu), got ", act);
   if (!b.has_value()) {
     outer = 1, channels = 1, inner = x.numel();
     return;
@@ -56,10 +59,8 @@ void bias_layout(const at::Tensor& x, const std::optional<at::Tensor>& b, int64_
 at::Tensor bias_act(const at::Tensor& x, const std::optional<at::Tensor>& b, int64_t dim, int64_t act,
                     double alpha, double gain, double clamp) {
   check_cuda(x, "x", x);
-  if (b.has_value()) check_cuda(*b, "bias", x);
-  TORCH_CHECK(act == 0 || act == 1, "act must be 0 (linear) or 1 (lrelu), got ", act);
   int64_t outer, channels, inner;
-  bias_layout(x, b, dim, outer, channels, inner);
+  bias_act_layout(x, b, dim, act, outer, channels, inner);
   c10::cuda::CUDAGuard guard(x.device());
   at::Tensor y = at::empty_like(x);
   check_launch(launch_bias_act(x.data_ptr(), b.has_value() ? b->data_ptr() : nullptr, y.data_ptr(), outer,
@@ -75,10 +76,8 @@ at::Tensor bias_act_grad(const at::Tensor& dy, const at::Tensor& x, const std::o
   check_cuda(dy, "grad", x);
   TORCH_CHECK(dy.sizes() == x.sizes() && dy.scalar_type() == x.scalar_type(), "grad ", dy.sizes(), " ",
               dy.scalar_type(), " does not match x ", x.sizes(), " ", x.scalar_type());
-  if (b.has_value()) check_cuda(*b, "bias", x);
-  TORCH_CHECK(act == 0 || act == 1, "act must be 0 (linear) or 1 (lrelu), got ", act);
   int64_t outer, channels, inner;
-  bias_layout(x, b, dim, outer, channels, inner);
+  bias_act_layout(x, b, dim, act, outer, channels, inner);
   c10::cuda::CUDAGuard guard(x.device());
   at::Tensor dx = at::empty_like(x);
   check_launch(launch_bias_act_grad(dy.data_ptr(), x.data_ptr(), b.has_value() ? b->data_ptr() : nullptr,
