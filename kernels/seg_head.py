@@ -67,6 +67,20 @@ def _taps_1d(o, in_len, out_len, MODE: tl.constexpr):
 
 
 @triton.jit
+def _map_taps(meta_ptr, m, n, oy, ox, OUT_H, OUT_W, MODE: tl.constexpr):
+    """Map m's source rows in proj of output pixels (oy, ox) of image n and their weights, taps (y0|y1, x0|x1):
+    (r00, r01, r10, r11, w00, w01, w10, w11). Nearest mode uses only the first (weight 1)."""
+    base = tl.load(meta_ptr + 3 * m)
+    hm = tl.load(meta_ptr + 3 * m + 1)
+    wm = tl.load(meta_ptr + 3 * m + 2)
+    y0, y1, wy0, wy1 = _taps_1d(oy, hm, OUT_H, MODE)
+    x0, x1, wx0, wx1 = _taps_1d(ox, wm, OUT_W, MODE)
+    row = base + n * hm * wm
+    return (row + y0 * wm + x0, row + y0 * wm + x1, row + y1 * wm + x0, row + y1 * wm + x1,
+            wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1)
+
+
+@triton.jit
 def head_kernel(proj_ptr, gproj_ptr, meta_ptr, pix_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr, out_ptr, g_ptr,
                 NUM_MAPS, E, inv_e, P, OUT_H, OUT_W, CROP_W, Y0, X0, NOUT,
                 H1: tl.constexpr, H2: tl.constexpr, C: tl.constexpr, NUM_CLASSES, MODE: tl.constexpr,
@@ -98,21 +112,16 @@ def head_kernel(proj_ptr, gproj_ptr, meta_ptr, pix_ptr, b1_ptr, w2_ptr, b2_ptr, 
         col = e * H1 + j1[None, :]
         z1 = tl.full((BLOCK_P, H1), 0.0, tl.float32)
         for m in range(NUM_MAPS):
-            base = tl.load(meta_ptr + 3 * m)
-            hm = tl.load(meta_ptr + 3 * m + 1)
-            wm = tl.load(meta_ptr + 3 * m + 2)
-            y0, y1, wy0, wy1 = _taps_1d(oy, hm, OUT_H, MODE)
-            x0, x1, wx0, wx1 = _taps_1d(ox, wm, OUT_W, MODE)
-            row = base + n * hm * wm
-            r00 = (row + y0 * wm + x0)[:, None] * NOUT + col
-            r01 = (row + y0 * wm + x1)[:, None] * NOUT + col
-            r10 = (row + y1 * wm + x0)[:, None] * NOUT + col
-            r11 = (row + y1 * wm + x1)[:, None] * NOUT + col
-            z1 += (wy0 * wx0)[:, None] * tl.load(proj_ptr + r00, mask=qmask[:, None], other=0.0).to(tl.float32)
+            r00, r01, r10, r11, w00, w01, w10, w11 = _map_taps(meta_ptr, m, n, oy, ox, OUT_H, OUT_W, MODE)
+            z1 += w00[:, None] * tl.load(proj_ptr + r00[:, None] * NOUT + col, mask=qmask[:, None],
+                                         other=0.0).to(tl.float32)
             if MODE == 0:
-                z1 += (wy0 * wx1)[:, None] * tl.load(proj_ptr + r01, mask=qmask[:, None], other=0.0).to(tl.float32)
-                z1 += (wy1 * wx0)[:, None] * tl.load(proj_ptr + r10, mask=qmask[:, None], other=0.0).to(tl.float32)
-                z1 += (wy1 * wx1)[:, None] * tl.load(proj_ptr + r11, mask=qmask[:, None], other=0.0).to(tl.float32)
+                z1 += w01[:, None] * tl.load(proj_ptr + r01[:, None] * NOUT + col, mask=qmask[:, None],
+                                             other=0.0).to(tl.float32)
+                z1 += w10[:, None] * tl.load(proj_ptr + r10[:, None] * NOUT + col, mask=qmask[:, None],
+                                             other=0.0).to(tl.float32)
+                z1 += w11[:, None] * tl.load(proj_ptr + r11[:, None] * NOUT + col, mask=qmask[:, None],
+                                             other=0.0).to(tl.float32)
         z1 += tl.load(b1_ptr + e * H1 + j1)[None, :]
         h1 = tl.maximum(z1, 0.0)
         w2 = tl.load(w2_ptr + (e * H1 + j1[:, None]) * H2 + j2[None, :])  # [H1, H2] = folded W2^T
@@ -128,21 +137,12 @@ def head_kernel(proj_ptr, gproj_ptr, meta_ptr, pix_ptr, b1_ptr, w2_ptr, b2_ptr, 
             w2t = tl.load(w2_ptr + (e * H1 + j1[None, :]) * H2 + j2[:, None]).to(tl.float32)  # [H2, H1] = W2
             gh1 = tl.where(z1 > 0, tl.dot(gh2, w2t, input_precision="tf32x3"), 0.0)
             for m in range(NUM_MAPS):  # scatter dL/dh1 back to each map's projection, with the same taps
-                base = tl.load(meta_ptr + 3 * m)
-                hm = tl.load(meta_ptr + 3 * m + 1)
-                wm = tl.load(meta_ptr + 3 * m + 2)
-                y0, y1, wy0, wy1 = _taps_1d(oy, hm, OUT_H, MODE)
-                x0, x1, wx0, wx1 = _taps_1d(ox, wm, OUT_W, MODE)
-                row = base + n * hm * wm
-                tl.atomic_add(gproj_ptr + (row + y0 * wm + x0)[:, None] * NOUT + col,
-                              (wy0 * wx0)[:, None] * gh1, mask=qmask[:, None])
+                r00, r01, r10, r11, w00, w01, w10, w11 = _map_taps(meta_ptr, m, n, oy, ox, OUT_H, OUT_W, MODE)
+                tl.atomic_add(gproj_ptr + r00[:, None] * NOUT + col, w00[:, None] * gh1, mask=qmask[:, None])
                 if MODE == 0:
-                    tl.atomic_add(gproj_ptr + (row + y0 * wm + x1)[:, None] * NOUT + col,
-                                  (wy0 * wx1)[:, None] * gh1, mask=qmask[:, None])
-                    tl.atomic_add(gproj_ptr + (row + y1 * wm + x0)[:, None] * NOUT + col,
-                                  (wy1 * wx0)[:, None] * gh1, mask=qmask[:, None])
-                    tl.atomic_add(gproj_ptr + (row + y1 * wm + x1)[:, None] * NOUT + col,
-                                  (wy1 * wx1)[:, None] * gh1, mask=qmask[:, None])
+                    tl.atomic_add(gproj_ptr + r01[:, None] * NOUT + col, w01[:, None] * gh1, mask=qmask[:, None])
+                    tl.atomic_add(gproj_ptr + r10[:, None] * NOUT + col, w10[:, None] * gh1, mask=qmask[:, None])
+                    tl.atomic_add(gproj_ptr + r11[:, None] * NOUT + col, w11[:, None] * gh1, mask=qmask[:, None])
         else:
             w3 = tl.load(w3_ptr + (e * H2 + j2[:, None]) * C + jc[None, :])  # [H2, C] = folded W3^T
             if DOT_FP32:
