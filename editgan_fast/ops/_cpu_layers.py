@@ -153,6 +153,12 @@ class WinogradSet:
     def alpha(self):
         return len(self.bt)
 
+    @functools.cached_property
+    def native_args(self):
+        """(B^T flat, window, A^T flat, out_tile, up): the kernel's transform arguments, built once."""
+        flat = lambda m: [float(v) for row in m for v in row]
+        return flat(self.bt), len(self.bt[0]), flat(self.at), len(self.at), self.up
+
 
 # F(2x2, 3x3): the 3x3 "same" convolution, 4 products per output pixel instead of 9.
 SAME_3X3 = WinogradSet(
@@ -180,9 +186,7 @@ def winograd_conv(x, u, spec):
     full output)."""
     h, w = x.shape[2] * spec.up, x.shape[3] * spec.up
     extra = 0 if spec.up == 1 else 1
-    return _native().winograd_conv(x, u, [float(v) for row in spec.bt for v in row], len(spec.bt[0]),
-                                   [float(v) for row in spec.at for v in row], len(spec.at), spec.up,
-                                   h + extra, w + extra)
+    return _native().winograd_conv(x, u, *spec.native_args, h + extra, w + extra)
 
 
 # Layers with at least this many input and output channels take the Winograd paths. Below it the transforms,
