@@ -75,6 +75,55 @@ def test_modulated_conv2d_matches_reference(case, dtype):
         assert _rel(g, wg) < tol * 10
 
 
+@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("winograd", [False, True])
+def test_modulated_conv2d_without_gradients_matches_reference(monkeypatch, case, dtype, winograd):
+    """Without gradients the epilogue (demodulation, noise, bias, activation, clamp) runs inside the kernel that
+    writes the output (the FIR pass of up=2, the Winograd output transform of up=1): same values as the
+    reference. `winograd` lowers the channel threshold so these small layers take the Winograd paths."""
+    from editgan_fast.ops import _cpu_layers
+    if winograd:
+        monkeypatch.setattr(_cpu_layers, "WINOGRAD_MIN_CHANNELS", {1: 1, 2: 1})
+    fused = []  # native calls that carry epilogue arguments
+    monkeypatch.setattr(_cpu_layers, "_native", lambda: _NativeSpy(torch.ops.editgan_fast, fused))
+    n, cin, cout, h, w, k, up, demod, use_noise, act, clamp, use_skip = case
+    torch.manual_seed(hash(case) % 1000 + 1)
+    x = torch.randn(n, cin, h, w, dtype=dtype)
+    weight = torch.randn(cout, cin, k, k, dtype=dtype) / (cin * k * k) ** 0.5
+    styles = torch.randn(n, cin, dtype=dtype) + 1
+    f = setup_filter([1, 3, 3, 1], dtype=dtype)
+    noise = 0.3 * torch.randn(1, 1, h * up, w * up, dtype=dtype) if use_noise else None
+    skip = torch.randn(n, cout, h * up // 2, w * up // 2, dtype=dtype) if use_skip else None
+    bias = torch.randn(cout, dtype=dtype)
+    with torch.no_grad():
+        got, want = _both(lambda: modulated_conv2d(x, weight, styles, demodulate=demod, up=up, resample_filter=f,
+                                                   noise=noise, bias=bias, act=act, clamp=clamp, skip=skip))
+    assert got.shape == want.shape and got.dtype == dtype
+    assert _rel(got, want) < (1e-10 if dtype == torch.float64 else 2e-5)
+    # ToRGB (skip) keeps its separate epilogue; every other layer fuses it when its kernel is native
+    assert bool(fused) == (not use_skip and (up == 2 or winograd))
+
+
+class _NativeSpy:
+    """torch.ops.editgan_fast with winograd_conv / fir_separable calls that pass epilogue arguments recorded."""
+
+    def __init__(self, ops, calls):
+        self.ops, self.calls = ops, calls
+
+    def __getattr__(self, name):
+        op = getattr(self.ops, name)
+        if name not in ("winograd_conv", "fir_separable"):
+            return op
+        positional = 10 if name == "winograd_conv" else 4  # arguments before the epilogue's
+
+        def spy(*args):
+            if len(args) > positional:
+                self.calls.append(name)
+            return op(*args)
+        return spy
+
+
 def test_modulated_conv2d_gradcheck():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
@@ -166,22 +215,28 @@ def test_other_resample_filters_match_reference(taps):
 
 @pytest.mark.parametrize("n,cin,cout,h,w", [(1, 3, 5, 7, 9), (2, 17, 8, 8, 8), (1, 33, 17, 5, 12), (3, 4, 4, 1, 1)])
 @pytest.mark.parametrize("up", [1, 2])
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-13), (torch.float32, 2e-6)])
-def test_winograd_conv_matches_direct(n, cin, cout, h, w, up, dtype, tol):
-    """The tile transforms against conv2d (up=1, padding 1) and conv_transpose2d (up=2, stride 2) in float64:
-    odd and even sizes (partial edge tiles), batch > 1, a 1x1 image."""
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_winograd_conv_matches_direct(n, cin, cout, h, w, up, dtype):
+    """The tile transforms against conv2d (up=1, padding 1) and conv_transpose2d (up=2, stride 2) in float64,
+    with and without the input scaling: odd and even sizes (partial edge tiles), batch > 1, a 1x1 image.
+    float32 bounds: F(4x4, 3x3)'s coefficients reach 8 (~3e-6 measured), the transposed set's are +-1."""
     from editgan_fast.ops._cpu_layers import SAME_3X3, TRANSPOSED_3X3_UP2, winograd_conv, winograd_weight
     torch.manual_seed(cin * h + w + up)
     spec = SAME_3X3 if up == 1 else TRANSPOSED_3X3_UP2
+    tol = 1e-13 if dtype == torch.float64 else (1e-5 if up == 1 else 2e-6)
     x = torch.randn(n, cin, h, w, dtype=dtype)
+    scale = torch.randn(n, cin, dtype=dtype) + 1
     weight = torch.randn(cout, cin, 3, 3, dtype=dtype)
-    got = winograd_conv(x, winograd_weight(weight, spec), spec)
-    if up == 1:
-        want = torch.nn.functional.conv2d(x.double(), weight.double(), padding=1)
-    else:
-        want = torch.nn.functional.conv_transpose2d(x.double(), weight.double().transpose(0, 1), stride=2)
-    assert got.dtype == dtype and got.shape == want.shape
-    assert _rel(got, want) < tol
+    u = winograd_weight(weight, spec)
+    for s in (None, scale):
+        got = winograd_conv(x, u, spec, scale=s)
+        xs = x.double() if s is None else x.double() * s.double()[:, :, None, None]
+        if up == 1:
+            want = torch.nn.functional.conv2d(xs, weight.double(), padding=1)
+        else:
+            want = torch.nn.functional.conv_transpose2d(xs, weight.double().transpose(0, 1), stride=2)
+        assert got.dtype == dtype and got.shape == want.shape
+        assert _rel(got, want) < tol
 
 
 @pytest.mark.parametrize("up", [1, 2])
@@ -189,7 +244,7 @@ def test_winograd_layers_match_reference_with_gradients(monkeypatch, up):
     """With the channel threshold lowered, a layer takes the Winograd path: forward and gradients for the
     input and the styles against the reference, and gradcheck."""
     from editgan_fast.ops import _cpu_layers
-    monkeypatch.setattr(_cpu_layers, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(_cpu_layers, "WINOGRAD_MIN_CHANNELS", {1: 1, 2: 1})
     calls = []
     monkeypatch.setattr(_cpu_layers.Winograd3x3, "forward", _spy(_cpu_layers.Winograd3x3.forward, calls))
     torch.manual_seed(3 + up)

@@ -72,14 +72,16 @@ def test_a_batch_of_scales_equals_the_scales_one_by_one(editor):
     sa, sb = [0.0, 0.5, 1.0, -1.0], [1.0, 0.0, 2.0, 0.25]
     batch = editor.apply(latent, {a: sa, b: sb})
     assert batch.image.shape == (4, 3, 128, 128) and batch.labels.shape == (4, 128, 128)
+    # float32 rounding: a batch runs each layer's products in other blocks than one image does, and the cpu
+    # backend's F(4x4, 3x3) transforms round at ~3e-6 per layer (bounds per layer: tests/test_cpu_layers.py)
     for i in range(4):
         single = editor.apply(latent, {a: sa[i], b: sb[i]})
-        torch.testing.assert_close(batch.image[i], single.image, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(batch.image[i], single.image, rtol=1e-5, atol=5e-5)
         # argmax may flip only where two classes tie to ~1e-5
         assert (batch.labels[i] != single.labels).float().mean() < 1e-3
     # a float and a sequence mix: the float applies to every row
     mixed = editor.apply(latent, {a: 0.5, b: sb})
-    torch.testing.assert_close(mixed.image[2], editor.apply(latent, {a: 0.5, b: sb[2]}).image, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mixed.image[2], editor.apply(latent, {a: 0.5, b: sb[2]}).image, rtol=1e-5, atol=5e-5)
 
 
 def region_ce(editor, wplus, target, region):

@@ -2,22 +2,25 @@
 //   out[y][x] = sum_i sum_j g[i] g[j] in[y + i - pad0][x + j - pad0],  out size = in + pad0 + pad1 - taps + 1.
 // g holds the taps already flipped and scaled (the caller decides convolution vs correlation and the gain), so
 // the adjoint is this same kernel with the taps reversed and pads (taps-1-pad0, taps-1-pad1): the backward.
-// Used for the blur after the up=2 transposed convolution, where a depthwise ATen convolution is ~10x slower.
+// Used for the blur after the up=2 transposed convolution, where a depthwise ATen convolution is ~10x slower;
+// the layer's epilogue (epilogue.h: demodulation, noise, bias, activation) optionally runs on each output row
+// as it is produced, so an up=2 layer needs no separate epilogue pass.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include "editgan/grain.h"
+#include "editgan/scratch.h"
+#include "epilogue.h"
 
 #include <algorithm>
-#include <vector>
 
 namespace {
 
 template <typename T>
 __attribute__((target_clones("avx512f", "avx2", "default")))
 void fir_plane(const T* in, T* out, T* rows, T* line, int64_t h, int64_t w, int64_t oh, int64_t ow, const T* g,
-               int64_t taps, int64_t pad0) {
+               int64_t taps, int64_t pad0, const editgan::PlaneEpilogue<T>* epi, const editgan::EpilogueParams& ep) {
   // Horizontal pass into `rows` ([h, ow]) through a zero-padded copy of each row (`line`, w + pads long) so the
   // inner loops carry no bounds checks and vectorize; then the vertical pass into `out`.
   for (int64_t y = 0; y < h; ++y) {
@@ -40,10 +43,13 @@ void fir_plane(const T* in, T* out, T* rows, T* line, int64_t h, int64_t w, int6
       const T* src = rows + sy * ow;
       for (int64_t x = 0; x < ow; ++x) dst[x] += gi * src[x];
     }
+    if (epi) editgan::apply_row(*epi, ep, dst, dst, y * ow, ow);
   }
 }
 
-at::Tensor fir_separable(const at::Tensor& x, const at::Tensor& taps, int64_t pad0, int64_t pad1) {
+at::Tensor fir_separable(const at::Tensor& x, const at::Tensor& taps, int64_t pad0, int64_t pad1,
+                         const c10::optional<at::Tensor>& d, const c10::optional<at::Tensor>& noise,
+                         const c10::optional<at::Tensor>& bias, int64_t act, double alpha, double gain, double clamp) {
   TORCH_CHECK(x.dim() == 4 && x.device().is_cpu(), "fir_separable: x must be a CPU NCHW tensor");
   TORCH_CHECK(taps.dim() == 1 && taps.dtype() == x.dtype(), "fir_separable: taps must be 1-D of x's dtype");
   TORCH_CHECK(pad0 >= 0 && pad1 >= 0, "fir_separable: pads must be >= 0");
@@ -53,12 +59,19 @@ at::Tensor fir_separable(const at::Tensor& x, const at::Tensor& taps, int64_t pa
   const int64_t oh = h + pad0 + pad1 - t + 1, ow = w + pad0 + pad1 - t + 1;
   TORCH_CHECK(oh > 0 && ow > 0, "fir_separable: empty output");
   auto out = at::empty({x.size(0), x.size(1), oh, ow}, x.options());
+  const editgan::EpilogueArgs epilogue(out.sizes(), out.scalar_type(), d, noise, bias, act, alpha, gain, clamp);
+  const bool fused = !epilogue.identity();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fir_separable", [&] {
     at::parallel_for(0, n, editgan::grain_for(h * w), [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> rows(h * ow), line(w + pad0 + pad1, scalar_t(0));
-      for (int64_t k = begin; k < end; ++k)
+      scalar_t* rows = editgan::scratch<scalar_t, editgan::kFirRows>(h * ow);
+      scalar_t* line = editgan::scratch<scalar_t, editgan::kFirLine>(w + pad0 + pad1);
+      std::fill(line, line + w + pad0 + pad1, scalar_t(0));  // the pads stay zero
+      for (int64_t k = begin; k < end; ++k) {
+        const auto pl = epilogue.plane<scalar_t>(k);
         fir_plane<scalar_t>(xc.data_ptr<scalar_t>() + k * h * w, out.data_ptr<scalar_t>() + k * oh * ow,
-                            rows.data(), line.data(), h, w, oh, ow, g.data_ptr<scalar_t>(), t, pad0);
+                            rows, line, h, w, oh, ow, g.data_ptr<scalar_t>(), t, pad0,
+                            fused ? &pl : nullptr, epilogue.params());
+      }
     });
   });
   return out;
@@ -67,7 +80,8 @@ at::Tensor fir_separable(const at::Tensor& x, const at::Tensor& taps, int64_t pa
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(editgan_fast, m) {
-  m.def("fir_separable(Tensor x, Tensor taps, int pad0, int pad1) -> Tensor");
+  m.def("fir_separable(Tensor x, Tensor taps, int pad0, int pad1, Tensor? d=None, Tensor? noise=None, "
+        "Tensor? bias=None, int act=0, float alpha=0.2, float gain=1., float clamp=-1.) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(editgan_fast, CPU, m) { m.impl("fir_separable", &fir_separable); }

@@ -9,10 +9,10 @@ element-wise step in one native pass (csrc/cpu/epilogue.cpp):
 - up=2 is the stride-2 transposed convolution itself (9 products per input pixel; it never multiplies inserted
   zeros), then the [1,3,3,1] blur as one native separable pass (csrc/cpu/fir.cpp). (Folding the blur into
   per-phase 3x3 weights would also skip the zeros but costs 36 products per input pixel.)
-- layers with >= WINOGRAD_MIN_CHANNELS channels run their 3x3 products as tile transforms (csrc/cpu/winograd.cpp,
-  batched matrix products, exact up to rounding): F(2x2, 3x3) for the "same" convolution (2.25x fewer
-  products; its input gradient is the same kernel with the adjoint weight) and F(2, 2) per phase for the
-  transposed one (1.44x fewer);
+- layers with enough channels (WINOGRAD_MIN_CHANNELS) run their 3x3 products as tile transforms
+  (csrc/cpu/winograd.cpp, batched matrix products, exact up to rounding), the style scaling folded into the
+  input transform: F(4x4, 3x3) for the "same" convolution (4x fewer products; its input gradient is the same
+  kernel with the adjoint weight) and F(2, 2) per phase for the transposed one (1.44x fewer);
 - the skip upsampling of ToRGB is a stride-2 transposed convolution with the 4x4 filter (polyphase by nature),
   added inside the epilogue pass;
 - the epilogue (demodulation, noise, bias, leaky ReLU, gain, clamp, skip) is one native pass forward and one
@@ -68,18 +68,22 @@ class _Epilogue(torch.autograd.Function):
                 grad_out if ctx.needs_input_grad[4] else None, None, None, None, None)
 
 
-def _epilogue(y, d=None, noise=None, bias=None, residual=None, act="linear", alpha=None, gain=None, clamp=None):
+def _epilogue_args(shape, dtype, d=None, noise=None, bias=None, act="linear", alpha=None, gain=None, clamp=None):
+    """(d, noise, bias, act, alpha, gain, clamp) as the native kernels take them for an output of `shape`."""
     alpha, gain = _defaults(act, alpha, gain)
-    dtype = y.dtype
     prep = lambda t: None if t is None else t.detach().to(dtype).contiguous()
     if noise is not None:
-        noise = noise.reshape(-1, 1, *y.shape[2:])  # [1 | N, 1, H, W]
-    if residual is not None:
-        residual = residual.to(dtype).contiguous()
+        noise = noise.reshape(-1, 1, *shape[2:])  # [1 | N, 1, H, W]
     if d is not None:
-        d = d.to(dtype).contiguous()
-    return _Epilogue.apply(y.contiguous(), d, prep(noise), prep(bias), residual, _ACT[act], alpha, gain,
-                           -1.0 if clamp is None or clamp < 0 else float(clamp))
+        d = d.to(dtype).contiguous()  # not detached: the autograd epilogue differentiates it
+    return d, prep(noise), prep(bias), _ACT[act], alpha, gain, -1.0 if clamp is None or clamp < 0 else float(clamp)
+
+
+def _epilogue(y, d=None, noise=None, bias=None, residual=None, act="linear", alpha=None, gain=None, clamp=None):
+    d, noise, bias, *params = _epilogue_args(y.shape, y.dtype, d, noise, bias, act, alpha, gain, clamp)
+    if residual is not None:
+        residual = residual.to(y.dtype).contiguous()
+    return _Epilogue.apply(y.contiguous(), d, noise, bias, residual, *params)
 
 
 class SeparableFir(torch.autograd.Function):
@@ -160,11 +164,15 @@ class WinogradSet:
         return flat(self.bt), len(self.bt[0]), flat(self.at), len(self.at), self.up
 
 
-# F(2x2, 3x3): the 3x3 "same" convolution, 4 products per output pixel instead of 9.
+# F(4x4, 3x3) (Lavin & Gray's points 0, +-1, +-2, infinity): the 3x3 "same" convolution, 36 products per 4x4
+# output tile instead of 144, 2.25 transformed values per pixel. Its coefficients reach 8 (F(2x2, 3x3)'s are
+# +-1), so its float32 error is ~10x larger (measured ~3e-6 relative), still far below bf16's.
 SAME_3X3 = WinogradSet(
-    bt=((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)),
-    g=((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1)),
-    at=((1, 1, 1, 0), (0, 1, -1, -1)), up=1)
+    bt=((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0), (0, -2, -1, 2, 1, 0), (0, 2, -1, -2, 1, 0),
+        (0, 4, 0, -5, 0, 1)),
+    g=((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6), (1 / 24, 1 / 12, 1 / 6),
+       (1 / 24, -1 / 12, 1 / 6), (0, 0, 1)),
+    at=((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1)), up=1)
 # The stride-2 transposed 3x3 convolution t[2q] = x[q] w0 + x[q-1] w2, t[2q+1] = x[q] w1 per axis, over windows
 # d = x[2m-1 .. 2m+1] giving t[4m .. 4m+3]: the even phase by F(2, 2) (products (d0-d1) w2, d1 (w0+w2),
 # (d2-d1) w0), the odd phase directly (d1 w1, d2 w1): 25 products per 4 input pixels instead of 36.
@@ -181,17 +189,19 @@ def winograd_weight(w, spec=SAME_3X3):
     return u.reshape(spec.alpha ** 2, w.shape[0], w.shape[1]).to(w.dtype).contiguous()
 
 
-def winograd_conv(x, u, spec):
-    """The tile convolution of x with transformed weight u; output H*up (+1 for the transposed convolution's
-    full output)."""
+def winograd_conv(x, u, spec, scale=None, epilogue=()):
+    """The tile convolution of x * scale[:, :, None, None] (scale optional, [N, C]) with transformed weight u;
+    output H*up (+1 for the transposed convolution's full output). `epilogue`: _epilogue_args, applied to each
+    output row as it is written (no gradient)."""
     h, w = x.shape[2] * spec.up, x.shape[3] * spec.up
     extra = 0 if spec.up == 1 else 1
-    return _native().winograd_conv(x, u, *spec.native_args, h + extra, w + extra)
+    return _native().winograd_conv(x, u, scale, *spec.native_args, h + extra, w + extra, *epilogue)
 
 
-# Layers with at least this many input and output channels take the Winograd paths. Below it the transforms,
-# which are memory-bound, cost more than they save (measured: 1.5-1.8x faster at 128-512 channels, ~1x at 64).
-WINOGRAD_MIN_CHANNELS = 128
+# Layers with at least this many input and output channels take the Winograd path, per `up`. Below it the
+# transforms, which are memory-bound, cost what they save (measured at 2 threads: F(4x4, 3x3) 1.5x faster than
+# oneDNN at 64 channels, 2.5x at 512; the transposed set ~1x at 64 output channels, 1.3x at 256).
+WINOGRAD_MIN_CHANNELS = {1: 64, 2: 128}
 _winograd_u = {spec: _PerWeightCache(functools.partial(winograd_weight, spec=spec))
                for spec in (SAME_3X3, TRANSPOSED_3X3_UP2)}
 # conv2d's input gradient is the 3x3 "same" convolution with the adjoint weight (in/out swapped, flipped).
@@ -199,41 +209,56 @@ _winograd_u_adjoint = _PerWeightCache(lambda w: winograd_weight(w.transpose(0, 1
 
 
 class Winograd3x3(torch.autograd.Function):
-    """conv2d(x, w, padding=1) (up=1) or conv_transpose2d(x, w^T, stride=2) (up=2) by the tile transforms;
-    input gradient by Winograd with the adjoint weight (up=1) or the stride-2 convolution (up=2). w is frozen."""
+    """conv2d(x * s, w, padding=1) (up=1) or conv_transpose2d(x * s, w^T, stride=2) (up=2) by the tile
+    transforms, s [N, C] scaling the input channels inside the input transform. The gradient of x * s comes from
+    Winograd with the adjoint weight (up=1) or the stride-2 convolution (up=2). w is frozen."""
 
     @staticmethod
-    def forward(ctx, x, w, up):
+    def forward(ctx, x, s, w, up):
+        ctx.save_for_backward(x, s)
         ctx.weight, ctx.up = w, up
         spec = SAME_3X3 if up == 1 else TRANSPOSED_3X3_UP2
-        return winograd_conv(x, _winograd_u[spec].get(w), spec)
+        return winograd_conv(x, _winograd_u[spec].get(w), spec, scale=s)
 
     @staticmethod
     def backward(ctx, grad):
+        x, s = ctx.saved_tensors
         grad = grad.contiguous()
         if ctx.up == 1:
-            return winograd_conv(grad, _winograd_u_adjoint.get(ctx.weight), SAME_3X3), None, None
-        return F.conv2d(grad, _transposed.get(ctx.weight), stride=2), None, None
+            grad_xs = winograd_conv(grad, _winograd_u_adjoint.get(ctx.weight), SAME_3X3)
+        else:
+            grad_xs = F.conv2d(grad, _transposed.get(ctx.weight), stride=2)
+        grad_x = grad_xs * s[:, :, None, None] if ctx.needs_input_grad[0] else None
+        grad_s = (grad_xs * x).sum([2, 3]) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_s, None, None
 
 
-def _use_winograd(x, w):
-    return w.shape[-1] == 3 and min(w.shape[0], w.shape[1]) >= WINOGRAD_MIN_CHANNELS and \
+def _use_winograd(x, w, up):
+    return w.shape[-1] == 3 and min(w.shape[0], w.shape[1]) >= WINOGRAD_MIN_CHANNELS[up] and \
         x.dtype in (torch.float32, torch.float64)
 
 
-def _conv_same(x, w):
-    """conv2d(x, w, padding=k // 2) with the frozen weight w (the same tensor on every call: its transforms
+def _scaled(x, s):
+    return x * s[:, :, None, None]
+
+
+def _conv_same(x, s, w):
+    """conv2d(x * s, w, padding=k // 2) with the frozen weight w (the same tensor on every call: its transforms
     are cached by identity)."""
-    if _use_winograd(x, w):
-        return Winograd3x3.apply(x, w, 1)
-    return F.conv2d(x, w.detach(), padding=w.shape[-1] // 2)
+    if w.shape[-1] == 1:  # ToRGB: a per-sample [K, C] weight is tiny, so the style goes into it, not into x
+        n, c, h, width = x.shape
+        return torch.bmm(w.detach()[None, :, :, 0, 0] * s[:, None, :], x.reshape(n, c, h * width)).view(
+            n, -1, h, width)
+    if _use_winograd(x, w, 1):
+        return Winograd3x3.apply(x, s, w, 1)
+    return F.conv2d(_scaled(x, s), w.detach(), padding=w.shape[-1] // 2)
 
 
-def _conv_transpose_up2(x, w):
-    """The stride-2 transposed convolution with w [Cout, Cin, k, k] (its full output, (H-1)*2 + k)."""
-    if _use_winograd(x, w):
-        return Winograd3x3.apply(x, w, 2)
-    return F.conv_transpose2d(x, _transposed.get(w), stride=2)
+def _conv_transpose_up2(x, s, w):
+    """The stride-2 transposed convolution of x * s with w [Cout, Cin, k, k] (its full output, (H-1)*2 + k)."""
+    if _use_winograd(x, w, 2):
+        return Winograd3x3.apply(x, s, w, 2)
+    return F.conv_transpose2d(_scaled(x, s), _transposed.get(w), stride=2)
 
 
 # ------------------------------------------------------------------------------------------------------- ops
@@ -249,20 +274,36 @@ def modulated_conv2d_cpu(x, weight, styles, demodulate=True, up=1, resample_filt
     bf16_products = store == torch.bfloat16 and native_bf16()
     compute = torch.bfloat16 if bf16_products else (torch.float32 if x.dtype == torch.bfloat16 else x.dtype)
     w = weight if weight.dtype == compute else weight.detach().to(compute)
-    xs = x.to(compute) * styles.to(compute)[:, :, None, None]
+    xc, sc = x.to(compute), styles.to(compute)
+    y_dtype = torch.float32 if compute == torch.bfloat16 else compute
+    d = None
+    if demodulate:
+        sq = (wsq.detach() if wsq is not None else _sum_squares.get(weight)).to(y_dtype)
+        d = torch.rsqrt(styles.to(y_dtype).square() @ sq.t() + eps)
+    # Without gradients (generation, apply) the epilogue runs inside the kernel that writes the layer's output,
+    # on each row while it is in cache: one pass less over the largest tensors.
+    fused = skip is None and compute == y_dtype and not (
+        torch.is_grad_enabled() and (x.requires_grad or styles.requires_grad))
+    epilogue = functools.partial(_epilogue_args, dtype=y_dtype, d=d, noise=noise, bias=bias, act=act, alpha=alpha,
+                                 gain=gain, clamp=clamp)
     if up == 1:
-        y = _conv_same(xs, w)
+        if fused and _use_winograd(xc, w, 1):
+            shape = (x.shape[0], w.shape[0], *x.shape[2:])
+            out = winograd_conv(xc, _winograd_u[SAME_3X3].get(w), SAME_3X3, scale=sc, epilogue=epilogue(shape))
+            return out.to(store) if store != out.dtype else out
+        y = _conv_same(xc, sc, w)
     else:
         # Transposed conv (9 taps per input pixel, no inserted zeros), then the blur as one native separable pass:
         # 4x fewer products than the equivalent 3x3 conv per output phase at low resolution (36 taps per pixel).
         p0, p1 = up_blur_padding(k, len(taps))
-        t = _conv_transpose_up2(xs, w)
-        y = SeparableFir.apply(t, _blur_taps(taps, t.dtype), p0, p1)
-    y = y.to(torch.float32 if compute == torch.bfloat16 else compute)
-    d = None
-    if demodulate:
-        sq = (wsq.detach() if wsq is not None else _sum_squares.get(weight)).to(y.dtype)
-        d = torch.rsqrt(styles.to(y.dtype).square() @ sq.t() + eps)
+        t = _conv_transpose_up2(xc, sc, w)
+        blur = _blur_taps(taps, t.dtype)
+        if fused:
+            shape = (*t.shape[:2], t.shape[2] + p0 + p1 - len(taps) + 1, t.shape[3] + p0 + p1 - len(taps) + 1)
+            out = _native().fir_separable(t, blur, p0, p1, *epilogue(shape))
+            return out.to(store) if store != out.dtype else out
+        y = SeparableFir.apply(t, blur, p0, p1)
+    y = y.to(y_dtype)
     residual = None
     if skip is not None:
         pad0 = skip_padding(len(taps))[0]
