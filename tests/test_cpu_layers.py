@@ -44,6 +44,9 @@ CONV_CASES = [  # (N, Cin, Cout, H, W, k, up, demodulate, noise, act, clamp, ski
     (3, 6, 9, 5, 7, 3, 2, True, True, "lrelu", 0.9, False),
     (2, 4, 5, 4, 4, 3, 2, False, False, "linear", None, False),
     (2, 19, 11, 8, 6, 3, 1, True, False, "lrelu", None, False),
+    # one image larger than the weight: the style scales the weight instead of the input
+    (1, 3, 6, 11, 9, 3, 1, True, True, "lrelu", None, False),
+    (1, 4, 5, 12, 10, 3, 2, True, True, "lrelu", 0.8, False),
 ]
 
 

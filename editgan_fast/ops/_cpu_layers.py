@@ -13,10 +13,12 @@ element-wise step in one native pass (csrc/cpu/epilogue.cpp):
   (csrc/cpu/winograd.cpp, batched matrix products, exact up to rounding), the style scaling folded into the
   input transform: F(4x4, 3x3) for the "same" convolution (4x fewer products; its input gradient is the same
   kernel with the adjoint weight) and F(2, 2) per phase for the transposed one (1.44x fewer);
-- the skip upsampling of ToRGB is a stride-2 transposed convolution with the 4x4 filter (polyphase by nature),
-  added inside the epilogue pass;
+- ToRGB (1x1) is one batched matrix product with the per-sample [3, C] weight (the style folded into the tiny
+  weight, not into the input); its skip upsampling is a stride-2 transposed convolution with the 4x4 filter
+  (polyphase by nature), added inside the epilogue pass;
 - the epilogue (demodulation, noise, bias, leaky ReLU, gain, clamp, skip) is one native pass forward and one
-  backward (recomputing the pre-activation instead of storing it).
+  backward (recomputing the pre-activation instead of storing it); without gradients it runs inside the kernel
+  that writes the layer's output (the Winograd output transform, the blur pass), row by row while in cache.
 Gradients flow to the input and the styles (autograd through the convolutions, the native epilogue backward);
 weights, biases and filters are frozen and get none.
 
@@ -242,6 +244,12 @@ def _scaled(x, s):
     return x * s[:, :, None, None]
 
 
+def _fold_into_weight(x, w):
+    """One image whose input is larger than the weight: scaling the weight's input channels instead of the
+    input costs less and allocates no scaled copy of x (the 512 px layers: 8M input values, 74K weights)."""
+    return x.shape[0] == 1 and w.numel() < x.numel()
+
+
 def _conv_same(x, s, w):
     """conv2d(x * s, w, padding=k // 2) with the frozen weight w (the same tensor on every call: its transforms
     are cached by identity)."""
@@ -251,6 +259,8 @@ def _conv_same(x, s, w):
             n, -1, h, width)
     if _use_winograd(x, w, 1):
         return Winograd3x3.apply(x, s, w, 1)
+    if _fold_into_weight(x, w):
+        return F.conv2d(x, w.detach() * s[0][None, :, None, None], padding=w.shape[-1] // 2)
     return F.conv2d(_scaled(x, s), w.detach(), padding=w.shape[-1] // 2)
 
 
@@ -258,6 +268,8 @@ def _conv_transpose_up2(x, s, w):
     """The stride-2 transposed convolution of x * s with w [Cout, Cin, k, k] (its full output, (H-1)*2 + k)."""
     if _use_winograd(x, w, 2):
         return Winograd3x3.apply(x, s, w, 2)
+    if _fold_into_weight(x, w):
+        return F.conv_transpose2d(x, _transposed.get(w) * s[0][:, None, None, None], stride=2)
     return F.conv_transpose2d(_scaled(x, s), _transposed.get(w), stride=2)
 
 
