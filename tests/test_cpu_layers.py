@@ -88,6 +88,7 @@ def test_modulated_conv2d_without_gradients_matches_reference(monkeypatch, case,
     from editgan_fast.ops import _cpu_layers
     if winograd:
         monkeypatch.setattr(_cpu_layers, "WINOGRAD_MIN_CHANNELS", {1: 1, 2: 1})
+        monkeypatch.setattr(_cpu_layers, "WINOGRAD_MIN_PIXELS", 1)
     fused = []  # native calls that carry epilogue arguments
     monkeypatch.setattr(_cpu_layers, "_native", lambda: _NativeSpy(torch.ops.editgan_fast, fused))
     n, cin, cout, h, w, k, up, demod, use_noise, act, clamp, use_skip = case
@@ -248,6 +249,7 @@ def test_winograd_layers_match_reference_with_gradients(monkeypatch, up):
     input and the styles against the reference, and gradcheck."""
     from editgan_fast.ops import _cpu_layers
     monkeypatch.setattr(_cpu_layers, "WINOGRAD_MIN_CHANNELS", {1: 1, 2: 1})
+    monkeypatch.setattr(_cpu_layers, "WINOGRAD_MIN_PIXELS", 1)
     calls = []
     monkeypatch.setattr(_cpu_layers.Winograd3x3, "forward", _spy(_cpu_layers.Winograd3x3.forward, calls))
     torch.manual_seed(3 + up)

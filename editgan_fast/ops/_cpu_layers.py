@@ -204,6 +204,10 @@ def winograd_conv(x, u, spec, scale=None, epilogue=()):
 # transforms, which are memory-bound, cost what they save (measured at 2 threads: F(4x4, 3x3) 1.5x faster than
 # oneDNN at 64 channels, 2.5x at 512; the transposed set ~1x at 64 output channels, 1.3x at 256).
 WINOGRAD_MIN_CHANNELS = {1: 64, 2: 128}
+# ... and at least this many input pixels: below it reading the transformed weight (4x the direct weight for
+# F(4x4, 3x3)) costs more than the products save (measured, 512 channels: 4 px 10.2 ms vs 2.4 direct, 8 px 10.4
+# vs 6.4, 16 px 10.4 vs 18.6; up=2 from 4 px 11.6 vs 3.2, from 8 px 11.5 vs 9.0, from 16 px equal).
+WINOGRAD_MIN_PIXELS = 256
 _winograd_u = {spec: _PerWeightCache(functools.partial(winograd_weight, spec=spec))
                for spec in (SAME_3X3, TRANSPOSED_3X3_UP2)}
 # conv2d's input gradient is the 3x3 "same" convolution with the adjoint weight (in/out swapped, flipped).
@@ -237,7 +241,7 @@ class Winograd3x3(torch.autograd.Function):
 
 def _use_winograd(x, w, up):
     return w.shape[-1] == 3 and min(w.shape[0], w.shape[1]) >= WINOGRAD_MIN_CHANNELS[up] and \
-        x.dtype in (torch.float32, torch.float64)
+        x.shape[2] * x.shape[3] >= WINOGRAD_MIN_PIXELS and x.dtype in (torch.float32, torch.float64)
 
 
 def _scaled(x, s):
