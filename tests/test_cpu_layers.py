@@ -128,6 +128,28 @@ class _NativeSpy:
         return spy
 
 
+def test_recycled_output_blocks_are_fully_overwritten():
+    """Outputs of >= 1 MiB come from a pool of recycled blocks (csrc/cpu/output_pool.cpp): an output written
+    into a block that held another output (here a huge constant) must not show any of it."""
+    ops = torch.ops.editgan_fast
+    torch.manual_seed(11)
+    shape = (1, 8, 256, 130)  # 1.02 MiB of float32
+    stale = ops.epilogue_forward(torch.full(shape, 1e6), None, None, None, None, 0, 0.2, 1.0, -1.0)
+    block = stale.data_ptr()
+    del stale  # its block goes back to the pool ...
+    y = torch.randn(shape)
+    d, bias = torch.rand(1, 8) + 0.5, torch.randn(8)
+    out = ops.epilogue_forward(y, d, None, bias, None, 1, 0.2, 2.0, -1.0)  # ... and is reused here
+    assert out.data_ptr() == block
+    want = torch.nn.functional.leaky_relu(y * d[:, :, None, None] + bias[:, None, None], 0.2) * 2.0
+    assert out.abs().max() < 1e3 and _rel(out, want) < 1e-6
+    from editgan_fast.ops._cpu_layers import SAME_3X3, winograd_conv, winograd_weight
+    x, weight = torch.randn(shape), torch.randn(8, 8, 3, 3)
+    del out
+    got = winograd_conv(x, winograd_weight(weight, SAME_3X3), SAME_3X3)
+    assert _rel(got, torch.nn.functional.conv2d(x.double(), weight.double(), padding=1)) < 1e-5
+
+
 def test_modulated_conv2d_gradcheck():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)

@@ -13,6 +13,7 @@
 
 #include "editgan/grain.h"
 #include "epilogue.h"
+#include "output_pool.h"
 
 namespace {
 
@@ -51,7 +52,7 @@ at::Tensor epilogue_forward(const at::Tensor& y, const c10::optional<at::Tensor>
   check_y(y);
   const EpilogueArgs args(y.sizes(), y.scalar_type(), d, noise, bias, act, alpha, gain, clamp);
   if (residual) TORCH_CHECK(residual->sizes() == y.sizes() && residual->is_contiguous() && residual->dtype() == y.dtype(), "epilogue: residual must match y");
-  auto out = at::empty_like(y);
+  auto out = editgan::pooled_empty(y.sizes(), y.options());
   const int64_t planes = y.size(0) * y.size(1), hw = y.size(2) * y.size(3);
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "epilogue_forward", [&] {
     at::parallel_for(0, planes, editgan::grain_for(hw), [&](int64_t begin, int64_t end) {
@@ -71,7 +72,7 @@ std::tuple<at::Tensor, at::Tensor> epilogue_backward(const at::Tensor& grad_out,
   check_y(y);
   const EpilogueArgs args(y.sizes(), y.scalar_type(), d, noise, bias, act, alpha, gain, clamp);
   TORCH_CHECK(grad_out.sizes() == y.sizes() && grad_out.is_contiguous() && grad_out.dtype() == y.dtype(), "epilogue: grad_out must match y");
-  auto grad_y = at::empty_like(y);
+  auto grad_y = editgan::pooled_empty(y.sizes(), y.options());
   auto grad_d = at::empty({y.size(0), y.size(1)}, y.options());
   const int64_t planes = y.size(0) * y.size(1), hw = y.size(2) * y.size(3);
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "epilogue_backward", [&] {

@@ -12,6 +12,7 @@
 #include "editgan/grain.h"
 #include "editgan/scratch.h"
 #include "epilogue.h"
+#include "output_pool.h"
 
 #include <algorithm>
 
@@ -58,7 +59,7 @@ at::Tensor fir_separable(const at::Tensor& x, const at::Tensor& taps, int64_t pa
   const int64_t n = x.size(0) * x.size(1), h = x.size(2), w = x.size(3), t = g.size(0);
   const int64_t oh = h + pad0 + pad1 - t + 1, ow = w + pad0 + pad1 - t + 1;
   TORCH_CHECK(oh > 0 && ow > 0, "fir_separable: empty output");
-  auto out = at::empty({x.size(0), x.size(1), oh, ow}, x.options());
+  auto out = editgan::pooled_empty({x.size(0), x.size(1), oh, ow}, x.options());
   const editgan::EpilogueArgs epilogue(out.sizes(), out.scalar_type(), d, noise, bias, act, alpha, gain, clamp);
   const bool fused = !epilogue.identity();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fir_separable", [&] {

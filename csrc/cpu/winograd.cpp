@@ -23,6 +23,7 @@
 #include "editgan/grain.h"
 #include "editgan/scratch.h"
 #include "epilogue.h"
+#include "output_pool.h"
 
 #include <algorithm>
 #include <vector>
@@ -165,7 +166,7 @@ at::Tensor winograd_conv(const at::Tensor& x, const at::Tensor& u, const c10::op
   auto sc = scale ? scale->contiguous() : at::ones({x.size(0), x.size(1)}, x.options());
   auto uc = u.contiguous();
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), k = u.size(1), xi = alpha * alpha;
-  auto y = at::empty({n, k, out_h, out_w}, x.options());
+  auto y = editgan::pooled_empty({n, k, out_h, out_w}, x.options());
   const editgan::EpilogueArgs epilogue(y.sizes(), y.scalar_type(), d, noise, bias, act, lrelu_alpha, gain, clamp);
   const bool fused = !epilogue.identity();
   if (y.numel() == 0) return y;

@@ -202,8 +202,9 @@ def winograd_conv(x, u, spec, scale=None, epilogue=()):
 
 # Layers with at least this many input and output channels take the Winograd path, per `up`. Below it the
 # transforms, which are memory-bound, cost what they save (measured at 2 threads: F(4x4, 3x3) 1.5x faster than
-# oneDNN at 64 channels, 2.5x at 512; the transposed set ~1x at 64 output channels, 1.3x at 256).
-WINOGRAD_MIN_CHANNELS = {1: 64, 2: 128}
+# oneDNN at 64 channels, 2.5x at 512; the transposed set 1.0x at 64 output channels, 1.3x at 256, and at 64
+# its output comes from the native output pool: no 67 MB fresh allocation per call).
+WINOGRAD_MIN_CHANNELS = {1: 64, 2: 64}
 # ... and at least this many input pixels: below it reading the transformed weight (4x the direct weight for
 # F(4x4, 3x3)) costs more than the products save (measured, 512 channels: 4 px 10.2 ms vs 2.4 direct, 8 px 10.4
 # vs 6.4, 16 px 10.4 vs 18.6; up=2 from 4 px 11.6 vs 3.2, from 8 px 11.5 vs 9.0, from 16 px equal).
