@@ -16,7 +16,8 @@ MACs per image (h, w = 384, 512 crop; E*H1 = 2560):
   64 GMAC); the MLP tail (72 GMAC, inherent: it is per pixel and nonlinear); bilinear gathers of the
   projections (7 resolutions * 4 taps * 2560 * 196608 = 14 G multiply-adds, cache-bound). ~196 GMAC in all:
   ~2.9 s at the machine's 134 GFLOP/s fp32 matmul rate, so the 3 s target needs near-peak GEMMs.
-Memory (RSS high-water mark above the inputs, measured): cpu fp32 ~300 MiB, bf16 ~240 MiB.
+Memory (RSS high-water mark above the inputs, measured with the 256-pixel default tiles): cpu fp32 ~390 MiB,
+bf16 ~340 MiB.
 """
 from __future__ import annotations
 
