@@ -297,18 +297,19 @@ def modulated_conv2d_cpu(x, weight, styles, demodulate=True, up=1, resample_filt
     if demodulate:
         sq = (wsq.detach() if wsq is not None else _sum_squares.get(weight)).to(y_dtype)
         d = torch.rsqrt(styles.to(y_dtype).square() @ sq.t() + eps)
-    # Without gradients (generation, apply) the epilogue runs inside the kernel that writes the layer's output,
-    # on each row while it is in cache: one pass less over the largest tensors.
-    fused = skip is None and compute == y_dtype and not (
-        torch.is_grad_enabled() and (x.requires_grad or styles.requires_grad))
-    epilogue = functools.partial(_epilogue_args, dtype=y_dtype, d=d, noise=noise, bias=bias, act=act, alpha=alpha,
-                                 gain=gain, clamp=clamp)
+    # Without gradients (generation, apply) the epilogue runs inside the kernel that writes the layer's output
+    # ([N, Cout, H * up, W * up]), on each row while it is in cache: one pass less over the largest tensors.
+    fused = None
+    if skip is None and compute == y_dtype and not (
+            torch.is_grad_enabled() and (x.requires_grad or styles.requires_grad)):
+        fused = _epilogue_args((x.shape[0], w.shape[0], x.shape[2] * up, x.shape[3] * up), y_dtype, d, noise,
+                               bias, act, alpha, gain, clamp)
+    out = None
     if up == 1:
         if fused and _use_winograd(xc, w, 1):
-            shape = (x.shape[0], w.shape[0], *x.shape[2:])
-            out = winograd_conv(xc, _winograd_u[SAME_3X3].get(w), SAME_3X3, scale=sc, epilogue=epilogue(shape))
-            return out.to(store) if store != out.dtype else out
-        y = _conv_same(xc, sc, w)
+            out = winograd_conv(xc, _winograd_u[SAME_3X3].get(w), SAME_3X3, scale=sc, epilogue=fused)
+        else:
+            y = _conv_same(xc, sc, w)
     else:
         # Transposed conv (9 taps per input pixel, no inserted zeros), then the blur as one native separable pass:
         # 4x fewer products than the equivalent 3x3 conv per output phase at low resolution (36 taps per pixel).
@@ -316,18 +317,18 @@ def modulated_conv2d_cpu(x, weight, styles, demodulate=True, up=1, resample_filt
         t = _conv_transpose_up2(xc, sc, w)
         blur = _blur_taps(taps, t.dtype)
         if fused:
-            shape = (*t.shape[:2], t.shape[2] + p0 + p1 - len(taps) + 1, t.shape[3] + p0 + p1 - len(taps) + 1)
-            out = _native().fir_separable(t, blur, p0, p1, *epilogue(shape))
-            return out.to(store) if store != out.dtype else out
-        y = SeparableFir.apply(t, blur, p0, p1)
-    y = y.to(y_dtype)
-    residual = None
-    if skip is not None:
-        pad0 = skip_padding(len(taps))[0]
-        residual = F.conv_transpose2d(skip.to(y.dtype), _skip_upsample_filter(taps, skip.shape[1], y.dtype),
-                                      stride=2, padding=len(taps) - 1 - pad0, groups=skip.shape[1])
-        residual = residual[:, :, : y.shape[2], : y.shape[3]]
-    out = _epilogue(y, d, noise, bias, residual, act, alpha, gain, clamp)
+            out = _native().fir_separable(t, blur, p0, p1, *fused)
+        else:
+            y = SeparableFir.apply(t, blur, p0, p1)
+    if out is None:
+        y = y.to(y_dtype)
+        residual = None
+        if skip is not None:
+            pad0 = skip_padding(len(taps))[0]
+            residual = F.conv_transpose2d(skip.to(y.dtype), _skip_upsample_filter(taps, skip.shape[1], y.dtype),
+                                          stride=2, padding=len(taps) - 1 - pad0, groups=skip.shape[1])
+            residual = residual[:, :, : y.shape[2], : y.shape[3]]
+        out = _epilogue(y, d, noise, bias, residual, act, alpha, gain, clamp)
     return out.to(store) if store != out.dtype else out
 
 

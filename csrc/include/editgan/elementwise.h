@@ -17,7 +17,8 @@ enum class Act : int { Linear = 0, LRelu = 1 };
 // Templated on the value type so the CPU kernels run the same code in float64 (gradcheck) and float32.
 template <typename T>
 EG_HD T bias_act(T v, T bias, Act act, double alpha, double gain, double clamp) {
-  // The constants converted once, up front, so the CPU loops vectorize (with -fno-trapping-math: setup.py).
+  // The CPU loops over this vectorize only when built with -fno-trapping-math (setup.py): otherwise GCC keeps
+  // the float selects below as branches.
   const T a = T(alpha), g = T(gain), c = T(clamp);
   v += bias;
   if (act == Act::LRelu) v = v < T(0) ? v * a : v;
