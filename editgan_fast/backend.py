@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import BackendUnavailable
+
 BACKENDS = ("reference", "cpu", "triton", "cuda")
 _MODULES = {
     "reference": None,
@@ -33,10 +35,6 @@ _MODULES = {
 }
 _FALLBACK = {"cuda": "triton", "triton": "reference", "cpu": "reference", "reference": None}
 _DTYPES = (None, torch.float32, torch.bfloat16, torch.float16)
-
-
-class BackendUnavailable(RuntimeError):
-    """The requested backend is not built or cannot run on the given tensors."""
 
 
 @dataclass(frozen=True)

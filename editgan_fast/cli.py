@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 
 from . import io
-from .backend import BackendUnavailable, set_backend
+from .backend import set_backend
+from .errors import BackendUnavailable, InputValueError
 
 
-class UsageError(ValueError):
+class UsageError(InputValueError):
     """A combination of command-line options that does not make sense."""
 
 

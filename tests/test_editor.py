@@ -113,6 +113,23 @@ def learn_and_measure(editor, latent, steps):
     return vector, records, before, after, change[:, ~region].mean().item()
 
 
+def test_apply_many_batches_different_latents_like_single_applies(editor):
+    a, b = editor.sample(11), editor.sample(12)
+    va, vb = random_vector(editor, 6), random_vector(editor, 7)
+    items = [(a, {va: 0.5}), (b, {}), (a, {va: [0.0, 1.0], vb: -0.5}), (b, {vb: 1.5})]
+    many = editor.apply_many(items)
+    assert many.image.shape == (5, 3, 128, 128) and many.labels.shape == (5, 128, 128)
+    singles = [editor.apply(*items[0]).image[None], editor.render(b).image[None], editor.apply(*items[2]).image,
+               editor.apply(*items[3]).image[None]]
+    # the same float32 batch-vs-single rounding as test_a_batch_of_scales_equals_the_scales_one_by_one
+    torch.testing.assert_close(many.image, torch.cat(singles), rtol=1e-5, atol=5e-5)
+    assert (many.image[0] - many.image[1]).abs().max() > 1e-2  # two latents, two images
+    with pytest.raises(ValueError, match="at least one"):
+        editor.apply_many([])
+    with pytest.raises(ValueError, match="item 0"):
+        editor.apply_many([a])
+
+
 def test_learn_vector_on_the_random_model(editor):
     """The random model's parts are not semantic, so its labels resist local edits: 20 steps of EditGAN's recipe
     lower the region's cross-entropy by ~10% (measured 1.67 -> 1.46 in 30 steps). The bound checks that the

@@ -11,11 +11,13 @@ import hashlib
 import json
 from pathlib import Path
 
+from ..errors import FileFormatError
+
 ASSETS = Path(__file__).parent
 MANIFEST = ASSETS / "manifest.json"
 
 
-class BundledModelError(RuntimeError):
+class BundledModelError(FileFormatError, RuntimeError):
     """The bundled model is missing or its files do not match manifest.json."""
 
 

@@ -147,10 +147,8 @@ class Editor:
             self._vector_styles[vector] = styles
         return styles
 
-    @torch.no_grad()
-    def apply(self, latent: Latent, vectors: dict) -> Result:
-        """Image and labels of w+ + Σ sᵢ δᵢ. Scales are floats (one result) or equal-length sequences (a batch of
-        B results, synthesized as one batch: a slider preview)."""
+    def _edited_styles(self, latent: Latent, vectors: dict):
+        """Per-layer styles [B, C] of w+ + Σ sᵢ δᵢ from the cached terms, and whether a batch was asked for."""
         if not isinstance(vectors, dict):
             raise ValueError("vectors must be a dict {EditVector: scale}")
         scales, batched = _scale_matrix(vectors)
@@ -161,11 +159,36 @@ class Editor:
                 raise ValueError(f"vectors must be keyed by EditVector, got {type(vector).__name__}")
             s = scales[:, k:k + 1].to(self.device)
             styles = [a + s.to(d.dtype) * d for a, d in zip(styles, self._styles_of_vector(vector))]
+        return styles, batched
+
+    def _render_styles(self, styles) -> Result:
+        """Image [B, 3, H, W] (float32) and labels [B, h, w] of one synthesis."""
         image, features = self.generator.synthesis_from_styles(styles, noise_mode=self.noise_mode,
                                                                return_features=True)
-        labels = self.segmenter.logits(features).argmax(1)
-        image = image.float()
-        return Result(image, labels) if batched else Result(image[0], labels[0])
+        return Result(image.float(), self.segmenter.logits(features).argmax(1))
+
+    @torch.no_grad()
+    def apply(self, latent: Latent, vectors: dict) -> Result:
+        """Image and labels of w+ + Σ sᵢ δᵢ. Scales are floats (one result) or equal-length sequences (a batch of
+        B results, synthesized as one batch: a slider preview)."""
+        styles, batched = self._edited_styles(latent, vectors)
+        result = self._render_styles(styles)
+        return result if batched else Result(result.image[0], result.labels[0])
+
+    @torch.no_grad()
+    def apply_many(self, items) -> Result:
+        """Several edits of possibly different latents in ONE synthesis: `items` is a sequence of
+        (latent, {vector: scale or [B_i] scales}); the result stacks every item's rows in order (images
+        [Σ B_i, 3, H, W], labels [Σ B_i, h, w]), each row equal to what `apply` gives for it alone."""
+        items = list(items)
+        if not items:
+            raise ValueError("apply_many needs at least one (latent, vectors) item")
+        per_item = []
+        for i, item in enumerate(items):
+            if not isinstance(item, (tuple, list)) or len(item) != 2:
+                raise ValueError(f"apply_many: item {i} must be a (latent, {{vector: scale}}) pair")
+            per_item.append(self._edited_styles(*item)[0])
+        return self._render_styles([torch.cat(layer) for layer in zip(*per_item)])
 
     # ----------------------------------------------------------------------------------------- optimizing
     def _lpips_or_warn(self):

@@ -17,15 +17,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import FileFormatError, MismatchError
+
 FORMAT = "editgan-fast-vectors"
 VERSION = 1
 
 
-class VectorFileError(ValueError):
+class VectorFileError(FileFormatError):
     """A vector file is missing, unreadable, or not in a format we read."""
 
 
-class VectorMismatchError(ValueError):
+class VectorMismatchError(MismatchError):
     """A vector belongs to another generator (different weights, num_ws or style_dim)."""
 
 

@@ -1,5 +1,6 @@
 """Errors of the model loaders."""
+from ..errors import FileFormatError
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FileFormatError):
     """A checkpoint file is missing, corrupt, of a foreign format, or does not fit the model."""

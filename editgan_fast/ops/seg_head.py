@@ -23,12 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from .. import backend
+from ..errors import LimitExceeded
 from ._checks import check_tensor
 
 MODES = ("bilinear", "nearest")
 
 
-class MemoryBudgetExceeded(RuntimeError):
+class MemoryBudgetExceeded(LimitExceeded, RuntimeError):
     """The reference segmentation head would materialize more memory than allowed."""
 
 
