@@ -34,3 +34,21 @@ class InputValueError(EditGANFastError, ValueError):
 
 class BackendUnavailable(EditGANFastError, RuntimeError):
     """The requested backend is not built or cannot run on the given tensors."""
+
+
+class NonFiniteLoss(InputValueError):
+    """An optimization's loss became NaN or Inf (e.g. an enormous vector scale); `best` holds the best w+ seen
+    before it, `step` the step at which it was detected."""
+
+    def __init__(self, message, best=None, step=None):
+        super().__init__(message)
+        self.best, self.step = best, step
+
+
+class OptimizationInterrupted(KeyboardInterrupt):
+    """Ctrl-C during an optimization: still a KeyboardInterrupt, carrying the best w+ seen so far (`best`) and
+    the step reached, so a caller can save it before exiting."""
+
+    def __init__(self, label, best, step):
+        super().__init__(f"{label} interrupted at step {step}")
+        self.best, self.step = best, step

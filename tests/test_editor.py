@@ -230,3 +230,43 @@ def test_bad_input_is_refused_clearly(editor):
     a, b = random_vector(editor, 0), random_vector(editor, 1)
     with pytest.raises(ValueError, match="same length"):
         editor.apply(latent, {a: [0, 1], b: [0, 1, 2]})
+
+
+def _quadratic(target):
+    """A toy objective in the editor's form: (total, {term: 0-d tensor}, image)."""
+    def objective(wplus):
+        total = (wplus - target).square().mean()
+        return total, {"total": total.detach()}, wplus.detach()
+    return objective
+
+
+def test_optimize_keeps_the_best_on_device_and_stops_on_a_non_finite_loss(editor):
+    from editgan_fast.errors import NonFiniteLoss
+    start = torch.zeros(3, 4)
+    target = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    best = editor._optimize("toy", start, _quadratic(target), steps=30, lr=0.05, callback=None)
+    assert (best - target).square().mean() < 0.5 * target.square().mean()
+    calls = []
+
+    def poisoned(wplus):  # finite for 3 evaluations, then NaN
+        calls.append(1)
+        total = (wplus - target).square().mean() * (float("nan") if len(calls) > 3 else 1.0)
+        return total, {"total": total.detach()}, wplus.detach()
+    with pytest.raises(NonFiniteLoss, match="NaN or Inf") as info:
+        editor._optimize("toy", start, poisoned, steps=50, lr=0.05, callback=None)
+    assert len(calls) <= 10  # detected at the first periodic check, not after all 50 steps
+    assert torch.isfinite(info.value.best).all() and (info.value.best != start).any()
+
+
+def test_ctrl_c_during_an_optimization_carries_the_best_so_far(editor):
+    from editgan_fast.errors import OptimizationInterrupted
+    target = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
+
+    def interrupt_at_5(step, terms, image):
+        assert isinstance(terms["total"], float)  # callbacks get floats
+        if step == 5:
+            raise KeyboardInterrupt
+    with pytest.raises(OptimizationInterrupted) as info:
+        editor._optimize("toy", torch.zeros(3, 4), _quadratic(target), steps=30, lr=0.05, callback=interrupt_at_5)
+    assert isinstance(info.value, KeyboardInterrupt) and info.value.step == 5
+    assert (info.value.best - target).square().mean() < target.square().mean()

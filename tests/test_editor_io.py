@@ -78,3 +78,17 @@ def test_latent_files(tmp_path):
     assert torch.equal(io.load_latent(tmp_path / "editgan.npy", 6, 16), w)
     with pytest.raises(ValueError, match=r"\[8, 16\]"):
         io.load_latent(tmp_path / "w.npy", 8, 16)
+
+
+def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):
+    from editgan_fast.io import atomic_write
+    target = tmp_path / "sub" / "f.bin"
+    with atomic_write(target) as f:
+        f.write(b"first")
+    assert target.read_bytes() == b"first"
+    with pytest.raises(RuntimeError):
+        with atomic_write(target) as f:
+            f.write(b"partial")
+            raise RuntimeError("dies mid-write")
+    assert target.read_bytes() == b"first"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["f.bin"]  # no temporary left behind

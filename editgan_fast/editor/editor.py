@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import io
+from ..errors import InputValueError, NonFiniteLoss, OptimizationInterrupted
 from . import losses
 from .progress import ProgressBar
 from .vectors import EditVector, wplus_matrix
@@ -30,6 +31,7 @@ EMBED_PEAK_LR = 0.1      # EditGAN's embedding optimizer (Adam, cosine ramp, get
 EMBED_LPIPS_WEIGHT = 10.0
 EMBED_MSE_WEIGHT = 1.0
 EMBED_ENCODER_WEIGHT = 1.0
+FINITE_CHECK_EVERY = 10  # steps between the (synchronizing) checks that the loss is still finite
 
 
 class Latent:
@@ -199,33 +201,53 @@ class Editor:
         return self.lpips
 
     def _optimize(self, label: str, start: torch.Tensor, objective, steps: int, lr, callback, best_key="total"):
-        """Adam over w+ from `start` (lr: a number or a function of progress t in [0, 1]); returns the w+ with the lowest `best_key` seen, the start included (as
-        EditGAN keeps its best latent), so the result never scores worse than the start."""
-        if steps < 0:
-            raise ValueError(f"steps must be >= 0, got {steps}")
+        """Adam over w+ from `start` (lr: a number or a function of progress t in [0, 1]); returns the w+ with the
+        lowest `best_key` seen, the start included (as EditGAN keeps its best latent), so the result never scores
+        worse than the start.
+
+        No host synchronization per step unless a callback or progress bar needs the terms as floats: the best
+        w+ is tracked on the device, and the loss's finiteness is checked every FINITE_CHECK_EVERY steps and at
+        the end (NonFiniteLoss, carrying the best w+ before it). Ctrl-C raises OptimizationInterrupted (a
+        KeyboardInterrupt) carrying the best w+ so far."""
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise InputValueError(f"steps must be an integer >= 0, got {steps!r}")
         wplus = start.detach().clone().requires_grad_(True)
         optimizer = torch.optim.Adam([wplus], lr=lr(0.0) if callable(lr) else lr)
-        best, best_loss = start.detach().clone(), math.inf
+        best = start.detach().clone()
+        best_loss = torch.full((), math.inf, device=start.device)
+        finite = torch.ones((), dtype=torch.bool, device=start.device)
         bar = ProgressBar(label, steps) if self.progress else None
-        for step in range(steps + 1):  # the last pass only evaluates the final w+
-            if callable(lr):
-                optimizer.param_groups[0]["lr"] = lr(step / max(steps, 1))
-            last = step == steps
-            with torch.set_grad_enabled(not last):
-                total, terms, image = objective(wplus)
-            if terms[best_key] < best_loss:
-                best_loss, best = terms[best_key], wplus.detach().clone()
-            if callback is not None:
-                callback(step, terms, image)
+        step = 0
+        try:
+            for step in range(steps + 1):  # the last pass only evaluates the final w+
+                if callable(lr):
+                    optimizer.param_groups[0]["lr"] = lr(step / max(steps, 1))
+                last = step == steps
+                with torch.set_grad_enabled(not last):
+                    total, terms, image = objective(wplus)
+                key = terms[best_key].detach()
+                finite &= torch.isfinite(total.detach())
+                better = key < best_loss  # False for NaN: a non-finite loss never becomes the best
+                best = torch.where(better, wplus.detach(), best)
+                best_loss = torch.where(better, key, best_loss)
+                if callback is not None or bar is not None:
+                    values = {k: float(v) for k, v in terms.items()}
+                    if callback is not None:
+                        callback(step, values, image)
+                    if bar is not None:
+                        bar.update(step, values)
+                if last or (step + 1) % FINITE_CHECK_EVERY == 0:
+                    _check_finite(label, finite, best, step)
+                if last:
+                    break
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                optimizer.step()
+        except KeyboardInterrupt:
+            raise OptimizationInterrupted(label, best.detach().clone(), step) from None
+        finally:
             if bar is not None:
-                bar.update(step, terms)
-            if last:
-                break
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-        if bar is not None:
-            bar.close()
+                bar.close()
         return best
 
     def edit_objective(self, latent: Latent, edited_labels, region: str = "changed", classes=None,
@@ -327,23 +349,29 @@ class Editor:
             x01 = (image + 1) / 2
             mse = F.mse_loss(x01, target01)
             recon = EMBED_MSE_WEIGHT * mse
-            terms = {"mse": mse.item()}
+            terms = {"mse": mse}
             if lpips is not None:
                 perceptual = lpips(image, target).mean()
                 recon = recon + EMBED_LPIPS_WEIGHT * perceptual
-                terms["lpips"] = perceptual.item()
-            terms["reconstruction"] = recon.item()
+                terms["lpips"] = perceptual
+            terms["reconstruction"] = recon
             total = recon
             if self.encoder is not None:
                 enc = losses.encoder_term(self.encoder, image, wplus)
                 total = total + EMBED_ENCODER_WEIGHT * enc
-                terms["encoder"] = enc.item()
-            terms["total"] = total.item()
-            return total, terms, image.detach()
+                terms["encoder"] = enc
+            terms["total"] = total
+            return total, losses.detached(terms), image.detach()
 
         # EditGAN keeps the latent with the best reconstruction (the encoder term is a regularizer).
         best = self._optimize("embed", start, objective, steps, embedding_lr, callback, best_key="reconstruction")
         return Latent(best.cpu())
+
+
+def _check_finite(label: str, finite: torch.Tensor, best: torch.Tensor, step: int) -> None:
+    if not bool(finite):
+        raise NonFiniteLoss(f"{label}: the loss became NaN or Inf (by step {step}); the inputs (latent, vector "
+                            f"scales) are out of range for this generator", best=best.detach().clone(), step=step)
 
 
 def _frozen(module):

@@ -72,11 +72,16 @@ def encoder_term(encoder, image, wplus):
     return F.mse_loss(wplus, encoded)
 
 
+def detached(terms: dict) -> dict:
+    """The loss terms as detached 0-d tensors: reading them as floats is the caller's (synchronizing) choice."""
+    return {k: v.detach() for k, v in terms.items()}
+
+
 @dataclass
 class EditObjective:
     """The loss of a w+ for one edit: keep `reference` (an image [1, 3, R, R] in [-1, 1]) outside `region` and
     make the segmentation inside it `target` (labels [h, w]). `__call__(wplus [num_ws, D])` returns
-    (total loss, {term: float}, image [1, 3, R, R])."""
+    (total loss, {term: detached 0-d tensor}, image [1, 3, R, R])."""
     generator: object
     segmenter: object
     reference: torch.Tensor
@@ -99,18 +104,18 @@ class EditObjective:
         x01 = (image + 1) / 2 * self.keep
         mse = F.mse_loss(x01, self.reference01)
         rgb = MSE_WEIGHT * mse
-        terms = {"mse": mse.item()}
+        terms = {"mse": mse}
         if self.lpips is not None:
             perceptual = self.lpips(x01 * 2 - 1, self.reference01 * 2 - 1).mean()
             rgb = rgb + LPIPS_WEIGHT * perceptual
-            terms["lpips"] = perceptual.item()
+            terms["lpips"] = perceptual
         logits = self.segmenter.logits(features, region=self.region, mode="nearest")  # [1, C, P]
         ce = F.cross_entropy(logits.float(), self.target_in_region[None])
         total = RGB_WEIGHT * rgb + CE_WEIGHT * ce
-        terms["ce"] = ce.item()
+        terms["ce"] = ce
         if self.encoder is not None:
             enc = encoder_term(self.encoder, image, wplus)
             total = total + ENCODER_WEIGHT * enc
-            terms["encoder"] = enc.item()
-        terms["total"] = total.item()
-        return total, terms, image.detach()
+            terms["encoder"] = enc
+        terms["total"] = total
+        return total, detached(terms), image.detach()
