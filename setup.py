@@ -7,6 +7,7 @@ The Triton kernels in kernels/ are pure Python and ship as the package editgan_f
 """
 import glob
 import os
+import re
 import shutil
 
 from setuptools import find_packages, setup
@@ -49,10 +50,18 @@ def cuda_extension():
                                      "-gencode=arch=compute_90,code=sm_90"]})]
 
 
+
+
+def version():
+    """The one place the version is written is editgan_fast/__init__.py (read here without importing it)."""
+    with open(os.path.join(ROOT, "editgan_fast", "__init__.py")) as f:
+        return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
+
+
 packages = find_packages(include=["editgan_fast", "editgan_fast.*"]) + ["editgan_fast.kernels"]
 setup(
     name="editgan-fast",
-    version="0.1.0",
+    version=version(),
     description="Fast EditGAN-style semantic image editing",
     packages=packages,
     package_dir={"editgan_fast.kernels": "kernels"},

@@ -5,6 +5,8 @@ extension, Triton) never breaks the import.
 """
 import importlib
 
+__version__ = "0.1.0"
+
 from .backend import BackendUnavailable, set_backend, use_backend
 
 _LAZY = {
