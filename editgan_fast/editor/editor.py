@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 import sys
+import threading
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -83,6 +84,7 @@ class Editor:
         self.fingerprint = generator.fingerprint()
         self._latent_styles = weakref.WeakKeyDictionary()   # Latent -> styles(w)
         self._vector_styles = weakref.WeakKeyDictionary()   # EditVector -> styles(δ, bias=False)
+        self._cache_lock = threading.Lock()  # the caches are shared by the threads of a server
         self._warned_no_lpips = False
 
     # ----------------------------------------------------------------------------------------- basics
@@ -135,18 +137,21 @@ class Editor:
 
     # ----------------------------------------------------------------------------------------- apply
     def _styles_of_latent(self, latent: Latent):
-        styles = self._latent_styles.get(latent)
-        if styles is None:
-            styles = [s.detach() for s in self.generator.styles(self._wplus(latent)[None])]
-            self._latent_styles[latent] = styles
+        with self._cache_lock:
+            styles = self._latent_styles.get(latent)
+            if styles is None:
+                styles = [s.detach() for s in self.generator.styles(self._wplus(latent)[None])]
+                self._latent_styles[latent] = styles
         return styles
 
     def _styles_of_vector(self, vector: EditVector):
-        styles = self._vector_styles.get(vector)
-        if styles is None:
-            vector.check_compatible(self.fingerprint, self.generator.num_ws, self.generator.style_dim)
-            styles = [s.detach() for s in self.generator.styles(vector.delta.to(self.device)[None], bias=False)]
-            self._vector_styles[vector] = styles
+        with self._cache_lock:
+            styles = self._vector_styles.get(vector)
+            if styles is None:
+                vector.check_compatible(self.fingerprint, self.generator.num_ws, self.generator.style_dim)
+                styles = [s.detach() for s in self.generator.styles(vector.delta.to(self.device)[None],
+                                                                    bias=False)]
+                self._vector_styles[vector] = styles
         return styles
 
     def _edited_styles(self, latent: Latent, vectors: dict):
