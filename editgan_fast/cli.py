@@ -200,8 +200,15 @@ def cmd_serve(args):
     from .serve import create_app
     editor = build_editor(args)
     editor.progress = False  # jobs report progress through the API, not on the server's stderr
-    uvicorn.run(create_app(editor, library_dir=args.library), host=args.host, port=args.port, log_level="warning")
+    app = create_app(editor, library_dir=args.library, class_names=_bundled_class_names(args))
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", ws="websockets-sansio")
     return {}
+
+
+def _bundled_class_names(args):
+    """The bundled model's class names (for the page's brushes), or None with other weights."""
+    from . import assets
+    return assets.manifest()["classes"] if args.checkpoint is None and assets.available() else None
 
 
 def _add_serve_parser(command) -> None:

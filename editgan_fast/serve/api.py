@@ -85,7 +85,8 @@ def build_router(service) -> APIRouter:
         g = editor.generator
         return {"resolution": g.resolution, "num_ws": g.num_ws, "style_dim": g.style_dim,
                 "num_classes": editor.num_classes, "label_size": list(editor.segmenter.label_size),
-                "palette": [list(c) for c in io.PALETTE[:editor.num_classes]], "fingerprint": editor.fingerprint,
+                "palette": [list(c) for c in io.PALETTE[:editor.num_classes]], "class_names": service.class_names,
+                "fingerprint": editor.fingerprint,
                 "limits": vars(limits)}
 
     @router.get("/stats", summary="renderer counters (batches, frames, largest batch) and live sessions")

@@ -25,13 +25,15 @@ STATIC = Path(__file__).parent / "static"
 
 
 def create_app(editor, library_dir="editgan-vectors", limits: Limits | None = None, renderer=None,
-               preview_every: int = 5) -> FastAPI:
+               preview_every: int = 5, class_names=None) -> FastAPI:
     """The service over `editor`, its vector library kept in `library_dir`; `renderer` defaults to a
-    BatchingRenderer (anything with its async render/start/stop and stats will do)."""
+    BatchingRenderer (anything with its async render/start/stop and stats will do); `class_names` label the
+    page's brushes."""
     limits = limits or Limits()
     service = Service(editor, limits, SessionStore(limits.max_sessions), VectorStore(library_dir, editor, limits),
                       JobManager(limits.max_jobs, preview_every),
-                      renderer or BatchingRenderer(editor, max_batch=limits.max_batch))
+                      renderer or BatchingRenderer(editor, max_batch=limits.max_batch),
+                      list(class_names) if class_names else None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

@@ -20,6 +20,7 @@ class Service:
     library: VectorStore
     jobs: JobManager
     renderer: object  # BatchingRenderer or a drop-in (render/start/stop/stats)
+    class_names: list | None = None
 
     def edit_of(self, scales: dict, one_row: bool = False) -> dict:
         """{name: scale or [scales]} -> {EditVector: ...}: names in the library, scales finite numbers, counts
