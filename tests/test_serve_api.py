@@ -407,6 +407,12 @@ def test_stream_frames_match_apply_and_errors_keep_the_stream(client, editor):
         want = editor.apply(editor.sample(7), {vector: 0.5})
         assert np.array_equal(b64png(frame["image"]), expected_image(want.image))
         assert np.array_equal(b64png(frame["labels"]), want.labels.numpy())
+        ws.send_json({"seq": 3, "scales": {"grow": 0.5}, "labels": False})
+        frame = ws.receive_json()
+        assert frame["seq"] == 3 and "labels" not in frame
+        assert np.array_equal(b64png(frame["image"]), expected_image(want.image))
+        ws.send_json({"seq": 4, "scales": {"grow": 0.5}, "labels": "no"})
+        assert ws.receive_json()["status"] == 422
     with client.websocket_connect(f"{API}/sessions/unknown/stream") as ws:
         assert ws.receive_json()["error"] == "NotFound"
 
@@ -420,10 +426,10 @@ class GatedEditor:
     def __getattr__(self, name):
         return getattr(self.editor, name)
 
-    def apply_many(self, items):
+    def apply_many(self, items, labels=True):
         self.gate.wait(timeout=30)
-        self.calls.append(len(items))
-        return self.editor.apply_many(items)
+        self.calls.append((len(items), labels))
+        return self.editor.apply_many(items, labels=labels)
 
 
 def test_renderer_coalesces_and_batches(editor):
@@ -443,17 +449,23 @@ def test_renderer_coalesces_and_batches(editor):
         stale = asyncio.create_task(renderer.render("b", latents[1], {vector: 0.1}))
         await asyncio.sleep(0)
         tasks = [asyncio.create_task(renderer.render("b", latents[1], {vector: 0.9})),
+                 asyncio.create_task(renderer.render("image-only", latents[0], {vector: 0.3}, labels=False)),
                  asyncio.create_task(renderer.render("c", latents[2], {vector: [0.0, 2.0]}))]
         await asyncio.sleep(0.05)
         gated.gate.set()
-        results = await asyncio.gather(first, *tasks)
+        results = await asyncio.gather(first, tasks[0], tasks[2], tasks[1])
         with pytest.raises(Superseded):
             await stale
         await renderer.stop()
         return results, renderer.stats()
 
-    (a, b, c), stats = asyncio.run(scenario())
-    assert gated.calls == [1, 2] and stats["superseded"] == 1 and stats["max_batch_rows"] == 3
+    (a, b, c, image_only), stats = asyncio.run(scenario())
+    # "a" alone; then b and c (labels) in one synthesis; the image-only request in its own.
+    assert gated.calls == [(1, True), (2, True), (1, False)]
+    assert stats["superseded"] == 1 and stats["max_batch_rows"] == 3
+    assert image_only.result.labels is None
+    torch.testing.assert_close(image_only.result.image, editor.apply(latents[0], {vector: 0.3}).image,
+                               atol=2e-5, rtol=0)
     assert (b.batch_rows, c.batch_rows) == (3, 3)
     for frame, (latent, scales) in zip((a, b, c), [(latents[0], 1.0), (latents[1], 0.9), (latents[2], [0.0, 2.0])]):
         want = editor.apply(latent, {vector: scales})

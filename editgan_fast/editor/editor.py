@@ -168,8 +168,10 @@ class Editor:
             styles = [a + s.to(d.dtype) * d for a, d in zip(styles, self._styles_of_vector(vector))]
         return styles, batched
 
-    def _render_styles(self, styles) -> Result:
-        """Image [B, 3, H, W] (float32) and labels [B, h, w] of one synthesis."""
+    def _render_styles(self, styles, labels: bool = True) -> Result:
+        """Image [B, 3, H, W] (float32) and labels [B, h, w] of one synthesis (labels None if not asked for)."""
+        if not labels:
+            return Result(self.generator.synthesis_from_styles(styles, noise_mode=self.noise_mode).float(), None)
         image, features = self.generator.synthesis_from_styles(styles, noise_mode=self.noise_mode,
                                                                return_features=True)
         return Result(image.float(), self.segmenter.logits(features).argmax(1))
@@ -183,10 +185,11 @@ class Editor:
         return result if batched else Result(result.image[0], result.labels[0])
 
     @torch.no_grad()
-    def apply_many(self, items) -> Result:
+    def apply_many(self, items, labels: bool = True) -> Result:
         """Several edits of possibly different latents in ONE synthesis: `items` is a sequence of
         (latent, {vector: scale or [B_i] scales}); the result stacks every item's rows in order (images
-        [Σ B_i, 3, H, W], labels [Σ B_i, h, w]), each row equal to what `apply` gives for it alone."""
+        [Σ B_i, 3, H, W], labels [Σ B_i, h, w]), each row equal to what `apply` gives for it alone.
+        `labels=False` skips the segmentation (labels None): an image-only preview, e.g. while a slider moves."""
         items = list(items)
         if not items:
             raise ValueError("apply_many needs at least one (latent, vectors) item")
@@ -195,7 +198,7 @@ class Editor:
             if not isinstance(item, (tuple, list)) or len(item) != 2:
                 raise ValueError(f"apply_many: item {i} must be a (latent, {{vector: scale}}) pair")
             per_item.append(self._edited_styles(*item)[0])
-        return self._render_styles([torch.cat(layer) for layer in zip(*per_item)])
+        return self._render_styles([torch.cat(layer) for layer in zip(*per_item)], labels)
 
     # ----------------------------------------------------------------------------------------- optimizing
     def _lpips_or_warn(self):

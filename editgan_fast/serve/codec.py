@@ -30,9 +30,12 @@ def labels_png(labels: torch.Tensor) -> bytes:
     return png(io.labels_to_pil(labels))
 
 
-def frame(image: torch.Tensor, labels: torch.Tensor) -> dict:
-    """One rendered row as JSON fields: {"image", "labels"}, base64 PNGs."""
-    return {"image": b64(image_png(image)), "labels": b64(labels_png(labels))}
+def frame(image: torch.Tensor, labels: torch.Tensor | None) -> dict:
+    """One rendered row as JSON fields: {"image", "labels"} (labels when rendered), base64 PNGs."""
+    fields = {"image": b64(image_png(image))}
+    if labels is not None:
+        fields["labels"] = b64(labels_png(labels))
+    return fields
 
 
 def b64(data: bytes) -> str:

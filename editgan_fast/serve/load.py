@@ -64,7 +64,7 @@ def slider_positions(client: int):
         step += 1
 
 
-async def _client(ws_url: str, vector: str, client: int, deadline: float) -> ClientRun:
+async def _client(ws_url: str, vector: str, client: int, deadline: float, labels: bool) -> ClientRun:
     run = ClientRun()
     positions = slider_positions(client)
     async with websockets.connect(ws_url, max_size=8 << 20, open_timeout=RECEIVE_TIMEOUT_S) as ws:
@@ -73,7 +73,7 @@ async def _client(ws_url: str, vector: str, client: int, deadline: float) -> Cli
             seq += 1
             scale = next(positions)
             sent = time.perf_counter()
-            await ws.send(json.dumps({"seq": seq, "scales": {vector: scale}}))
+            await ws.send(json.dumps({"seq": seq, "scales": {vector: scale}, "labels": labels}))
             while True:
                 frame = json.loads(await asyncio.wait_for(ws.recv(), RECEIVE_TIMEOUT_S))
                 if "error" in frame:
@@ -96,11 +96,13 @@ def create_sessions(base_url: str, count: int) -> list[str]:
     return ids
 
 
-async def run_load(base_url: str, sessions: list[str], vector: str, seconds: float) -> LoadResult:
-    """One client per session, all moving `vector`'s slider for `seconds` (the last frames may finish later)."""
+async def run_load(base_url: str, sessions: list[str], vector: str, seconds: float, labels: bool = True
+                   ) -> LoadResult:
+    """One client per session, all moving `vector`'s slider for `seconds` (the last frames may finish later);
+    `labels=False`: image-only frames."""
     ws_base = base_url.replace("http://", "ws://", 1)
     start = time.perf_counter()
     deadline = start + seconds
-    runs = await asyncio.gather(*(_client(f"{ws_base}/api/v1/sessions/{sid}/stream", vector, i, deadline)
+    runs = await asyncio.gather(*(_client(f"{ws_base}/api/v1/sessions/{sid}/stream", vector, i, deadline, labels)
                                   for i, sid in enumerate(sessions)))
     return LoadResult(len(sessions), time.perf_counter() - start, list(runs))

@@ -38,6 +38,7 @@ class _Request:
     vectors: dict
     rows: int
     batched: bool
+    labels: bool
     future: asyncio.Future
 
 
@@ -77,8 +78,9 @@ class BatchingRenderer:
         return {"batches": self.batches, "frames": self.frames, "superseded": self.superseded,
                 "max_batch_rows": self.max_rows_seen, "pending": len(self._pending)}
 
-    async def render(self, key, latent, vectors: dict) -> Frame:
-        """The frame of `latent` edited by `vectors`; raises Superseded if a newer request for `key` came first."""
+    async def render(self, key, latent, vectors: dict, labels: bool = True) -> Frame:
+        """The frame of `latent` edited by `vectors` (its label map too unless `labels` is False); raises
+        Superseded if a newer request for `key` came first."""
         if self._worker is None:
             raise RuntimeError("the renderer is not started (await renderer.start() in the app's lifespan)")
         rows, batched = rows_of(vectors)
@@ -87,14 +89,17 @@ class BatchingRenderer:
         if old is not None and not old.future.done():
             old.future.set_exception(Superseded("a newer edit of this stream replaced this one"))
             self.superseded += 1
-        self._pending[key] = _Request(latent, vectors, rows, batched, future)
+        self._pending[key] = _Request(latent, vectors, rows, batched, labels, future)
         self._wakeup.set()
         return await future
 
     def _take_batch(self) -> list[_Request]:
+        """The oldest requests, up to max_batch rows, that all want labels or all do not (one synthesis)."""
         batch, rows = [], 0
-        while self._pending:
-            key, request = next(iter(self._pending.items()))
+        labels = next(iter(self._pending.values())).labels
+        for key, request in list(self._pending.items()):
+            if request.labels != labels:
+                continue
             if batch and rows + request.rows > self.max_batch:
                 break
             del self._pending[key]
@@ -118,7 +123,7 @@ class BatchingRenderer:
         request's bad input (a vector of another generator) fails only that request."""
         start = time.perf_counter()
         try:
-            result = self.editor.apply_many([(r.latent, r.vectors) for r in batch])
+            result = self.editor.apply_many([(r.latent, r.vectors) for r in batch], labels=batch[0].labels)
         except Exception as error:
             if len(batch) == 1:
                 loop.call_soon_threadsafe(_settle, batch[0].future, None, error)
@@ -133,11 +138,12 @@ class BatchingRenderer:
         self.max_rows_seen = max(self.max_rows_seen, rows)
         offset = 0
         for r in batch:
-            image, labels = result.image[offset:offset + r.rows], result.labels[offset:offset + r.rows]
+            image = result.image[offset:offset + r.rows].cpu()
+            labels = None if result.labels is None else result.labels[offset:offset + r.rows].cpu()
             offset += r.rows
             if not r.batched:
-                image, labels = image[0], labels[0]
-            frame = Frame(Result(image.cpu(), labels.cpu()), rows, seconds)
+                image, labels = image[0], None if labels is None else labels[0]
+            frame = Frame(Result(image, labels), rows, seconds)
             loop.call_soon_threadsafe(_settle, r.future, frame, None)
 
 

@@ -1,7 +1,9 @@
 """The streaming edit loop: a websocket per client on which it sends scale changes as fast as a slider moves,
-{"seq": n, "scales": {name: scale}}, and receives frames {"seq", "image", "labels" (base64 PNGs), "batch_rows",
-"synthesis_ms", "server_ms"}. Only the latest request is rendered: a message arriving while a frame is being
-made replaces any request still waiting, and the renderer batches this client's frame with other clients'.
+{"seq": n, "scales": {name: scale}, "labels": true}, and receives frames {"seq", "image", "labels" (base64
+PNGs), "batch_rows", "synthesis_ms", "server_ms"}. `"labels": false` asks for the image only (no segmentation,
+most of a frame's cost on CPU): a client can drag with image-only frames and ask for labels when it settles.
+Only the latest request is rendered: a message arriving while a frame is being made replaces any request still
+waiting, and the renderer batches this client's frame with other clients'.
 A bad message gets {"seq", "error", "message"} and the stream goes on."""
 from __future__ import annotations
 
@@ -40,11 +42,14 @@ async def edit_stream(websocket: WebSocket, service, session_id: str) -> None:
             try:
                 service.limits.check("the websocket message's size", len(text), "max_ws_message_bytes")
                 message = json.loads(text)
-                if not isinstance(message, dict) or not isinstance(message.get("scales", {}), dict):
-                    raise InputValueError('a stream message is {"seq": n, "scales": {vector name: scale}}')
+                if not isinstance(message, dict) or not isinstance(message.get("scales", {}), dict) \
+                        or not isinstance(message.get("labels", True), bool):
+                    raise InputValueError('a stream message is {"seq": n, "scales": {vector name: scale}, '
+                                          '"labels": true or false}')
                 seq = message.get("seq")
                 vectors = service.edit_of(message.get("scales", {}), one_row=True)
-                latest.update(seq=seq, vectors=vectors, received=time.perf_counter())
+                latest.update(seq=seq, vectors=vectors, labels=message.get("labels", True),
+                              received=time.perf_counter())
                 arrived.set()
             except (ValueError, KeyError) as e:  # JSON, scale and vector-name errors: answer, keep streaming
                 await websocket.send_json({"seq": seq, "error": type(e).__name__, "message": message_of(e),
@@ -56,7 +61,8 @@ async def edit_stream(websocket: WebSocket, service, session_id: str) -> None:
             arrived.clear()
             request = dict(latest)
             try:
-                frame = await service.renderer.render(key, session.latent, request["vectors"])
+                frame = await service.renderer.render(key, session.latent, request["vectors"],
+                                                      labels=request["labels"])
             except Superseded:
                 continue
             except Exception as e:

@@ -150,6 +150,8 @@ async function showFrame(frame, scales, resetPainting) {
   const image = $("image");
   image.src = "data:image/png;base64," + frame.image;
   image.dataset.scales = JSON.stringify(scales);
+  image.dataset.labelled = frame.labels ? "1" : "0";
+  if (!frame.labels) return;  // an image-only frame (slider moving): the label map follows when it settles
   const labels = await labelsFromPng("data:image/png;base64," + frame.labels);
   if (resetPainting || !state.undo.length) {
     state.labels = labels;
@@ -193,12 +195,12 @@ function currentScales() {
 
 const currentScalesNonZero = () => Object.values(currentScales()).some((v) => v !== 0);
 
-function sendScales() {
+function sendScales(labels = true) {
   if (!state.socket || state.socket.readyState !== WebSocket.OPEN) return;
   const scales = currentScales();
   state.seq += 1;
   state.sentScales[state.seq] = scales;
-  state.socket.send(JSON.stringify({ seq: state.seq, scales }));
+  state.socket.send(JSON.stringify({ seq: state.seq, scales, labels }));
 }
 
 async function roll() {
@@ -227,8 +229,9 @@ async function refreshVectors() {
     row.querySelector(".value").textContent = Number(slider.value).toFixed(2);
     slider.addEventListener("input", () => {
       row.querySelector(".value").textContent = Number(slider.value).toFixed(2);
-      sendScales();
+      sendScales(false);  // image-only frames while dragging: the segmentation is most of a frame's cost
     });
+    slider.addEventListener("change", () => sendScales(true));
     const link = row.querySelector(".download");
     link.href = `${API}/vectors/${encodeURIComponent(v.name)}`;
     link.download = `${v.name}.npz`;
