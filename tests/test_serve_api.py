@@ -471,3 +471,21 @@ def test_renderer_coalesces_and_batches(editor):
         want = editor.apply(latent, {vector: scales})
         torch.testing.assert_close(frame.result.image, want.image, atol=2e-5, rtol=0)
         assert torch.equal(frame.result.labels, want.labels)
+
+
+def test_editor_caches_under_concurrent_threads(editor):
+    """The server's threads (renderer, jobs, request handlers) share one editor: concurrent applies on fresh
+    latents and vectors fill its style caches without a lost or mixed entry."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    g = editor.generator
+    latents = [editor.sample(100 + i) for i in range(6)]
+    vectors = [EditVector(0.2 * torch.randn(g.num_ws, g.style_dim, generator=torch.Generator().manual_seed(i)),
+                          (MOUTH,), f"v{i}", editor.fingerprint) for i in range(6)]
+    with ThreadPoolExecutor(4) as pool:
+        images = list(pool.map(lambda i: editor.apply(latents[i], {vectors[i]: 0.8, vectors[-1 - i]: -0.4}).image,
+                               range(6)))
+    assert all(latent in editor._latent_styles for latent in latents)
+    for i, image in enumerate(images):  # each thread's result is its own edit, as computed alone afterwards
+        want = editor.apply(latents[i], {vectors[i]: 0.8, vectors[-1 - i]: -0.4}).image
+        torch.testing.assert_close(image, want, atol=2e-5, rtol=0)
