@@ -1,6 +1,7 @@
 """The page in a real browser: Debian's headless Chromium (driven by Playwright, no browser download) against a
 real uvicorn on 127.0.0.1. It paints a stroke, learns a vector, drags its slider, and checks the displayed
-image changed and equals the API's render at the slider's value. Screenshot: out/serve_page.png."""
+image changed and equals the API's render at the slider's value; then uploads a photo, embeds it and pastes the
+edit back at the photo's resolution. Screenshots: out/serve_page.png, out/serve_page_photo.png."""
 import base64
 import io as _io
 import shutil
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from editgan_fast import io
 from editgan_fast.editor import default_editor
 from editgan_fast.serve import create_app
 from editgan_fast.serve.local import serving
@@ -27,6 +29,19 @@ MOUTH = 5
 
 def decode(data_url: str) -> np.ndarray:
     return np.asarray(Image.open(_io.BytesIO(base64.b64decode(data_url.split(",", 1)[1])))).astype(int)
+
+
+PHOTO_SIZE = (160, 120)
+
+
+def photo_png(editor) -> bytes:
+    """A 'photo': a generated face on a larger canvas of another colour."""
+    face = io.tensor_to_pil(editor.render(editor.sample(8)).image).resize((110, 110))
+    canvas = Image.new("RGB", PHOTO_SIZE, (40, 90, 160))
+    canvas.paste(face, (25, 5))
+    buffer = _io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def test_page_paints_learns_and_slides():
@@ -77,8 +92,21 @@ def test_page_paints_learns_and_slides():
             expected = decode("data:image/png;base64," + api)
             assert np.abs(shown - before).mean() > 1.0, "the slider did not change the displayed image"
             assert np.abs(shown - expected).max() <= 1, "the displayed frame differs from the API's render"
-            assert errors == []
             OUT.mkdir(exist_ok=True)
             page.screenshot(path=str(OUT / "serve_page.png"))
+
+            # A photo: crop (the default centred square), embed, paste the edit back at full resolution.
+            page.set_input_files("#photo-file", {"name": "photo.png", "mimeType": "image/png",
+                                                 "buffer": photo_png(editor)})
+            page.wait_for_selector("#crop-dialog[open]", timeout=TIMEOUT_MS)
+            page.fill("#embed-steps", "2")
+            page.click("#embed")
+            page.wait_for_selector("#paste-row:not([hidden])", timeout=TIMEOUT_MS)
+            page.click("#paste")
+            page.wait_for_function("() => document.getElementById('composite').naturalWidth > 0",
+                                   timeout=TIMEOUT_MS)
+            assert page.evaluate("[composite.naturalWidth, composite.naturalHeight]") == list(PHOTO_SIZE)
+            page.screenshot(path=str(OUT / "serve_page_photo.png"))
+            assert errors == []
         finally:
             browser.close()

@@ -68,7 +68,7 @@ def build_router(service) -> APIRouter:
     def describe(session: Session) -> dict:
         photo = session.photo
         return {"id": session.id, "undo_depth": len(session.history),
-                "photo": None if photo is None else {"width": photo.image.width, "height": photo.image.height,
+                "photo": None if photo is None else {"width": photo.width, "height": photo.height,
                                                      "box": list(photo.box)}}
 
     async def render(session: Session, vectors: dict):
@@ -109,12 +109,13 @@ def build_router(service) -> APIRouter:
                           box: Optional[str] = Form(None, description="square crop 'x0,y0,side' (default: "
                                                                       "the centred square)")):
         check_steps(steps)
-        image = codec.open_image(file.file.read(), "the photo", limits.max_image_pixels).convert("RGB")
+        data = file.file.read()
+        image = codec.open_image(data, "the photo", limits.max_image_pixels).convert("RGB")
         crop = _int_list(box, "box") or None
         if crop is not None and len(crop) != 3:
             raise InputValueError(f"box is 'x0,y0,side', got {box!r}")
-        photo = Photo(image, composite.square_box(image.width, image.height, crop))
-        target = composite.crop_for_embedding(photo, editor.generator.resolution)
+        photo = Photo(data, image.width, image.height, composite.square_box(image.width, image.height, crop))
+        target = composite.crop_for_embedding(image, photo.box, editor.generator.resolution)
 
         def work(callback):
             latent = editor.embed(target, steps=steps, callback=callback)
@@ -132,11 +133,7 @@ def build_router(service) -> APIRouter:
 
     @router.post("/sessions/{session_id}/undo", summary="restore the latent before the last refine")
     def undo(session_id: str):
-        session = sessions.get(session_id)
-        if not session.history:
-            raise Conflict("nothing to undo: the session's latent was never replaced")
-        session.latent = session.history.pop()
-        return describe(session)
+        return describe(sessions.undo(session_id))
 
     @router.get("/sessions/{session_id}/image.png", response_class=Response, summary="the session's image")
     async def image_png(session_id: str):

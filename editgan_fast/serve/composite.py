@@ -26,10 +26,10 @@ def square_box(width: int, height: int, box=None) -> tuple[int, int, int]:
     return x0, y0, side
 
 
-def crop_for_embedding(photo: Photo, resolution: int) -> torch.Tensor:
-    """The photo's box, resized to the generator's resolution: [3, R, R] in [-1, 1]."""
-    x0, y0, side = photo.box
-    crop = photo.image.crop((x0, y0, x0 + side, y0 + side)).resize((resolution, resolution), Image.LANCZOS)
+def crop_for_embedding(image: Image.Image, box: tuple[int, int, int], resolution: int) -> torch.Tensor:
+    """The photo's square `box`, resized to the generator's resolution: [3, R, R] in [-1, 1]."""
+    x0, y0, side = box
+    crop = image.crop((x0, y0, x0 + side, y0 + side)).resize((resolution, resolution), Image.LANCZOS)
     return io.image_to_tensor(crop)
 
 
@@ -51,10 +51,11 @@ def paste_back(photo: Photo, edited: torch.Tensor, region: torch.Tensor, segment
     radius = max(1, round(side * FEATHER_FRACTION))
     for _ in range(2):  # two box blurs ~ a Gaussian
         alpha = F.avg_pool2d(alpha, 2 * radius + 1, stride=1, padding=radius, count_include_pad=False)
-    crop = io.image_to_tensor(photo.image.crop((x0, y0, x0 + side, y0 + side)))
+    image = photo.image()
+    crop = io.image_to_tensor(image.crop((x0, y0, x0 + side, y0 + side)))
     edited_up = F.interpolate(edited[None].float().cpu(), size=(side, side), mode="bicubic",
                               align_corners=False)[0].clamp(-1, 1)
     blended = crop * (1 - alpha[0]) + edited_up * alpha[0]
-    out = photo.image.copy()
+    out = image
     out.paste(io.tensor_to_pil(blended), (x0, y0))
     return out

@@ -3,6 +3,7 @@ of bounded size. Evicting a session drops its Latent, and with it the editor's c
 (the editor's style cache is keyed weakly by Latent), so per-session memory is bounded too."""
 from __future__ import annotations
 
+import io as _io
 import secrets
 import threading
 from collections import OrderedDict
@@ -11,15 +12,21 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from ..editor import Latent
-from .errormap import NotFound
+from .errormap import Conflict, NotFound
 
 
 @dataclass(frozen=True)
 class Photo:
-    """The full-resolution photo a session was embedded from and the square `box` (x0, y0, side) of it that
-    was resized to the generator's resolution: edits are pasted back there."""
-    image: Image.Image
+    """The photo a session was embedded from, kept as uploaded (compressed: decoded, a 16-megapixel photo would
+    hold 48 MB per session), its size, and the square `box` (x0, y0, side) of it that was resized to the
+    generator's resolution: edits are pasted back there."""
+    data: bytes
+    width: int
+    height: int
     box: tuple[int, int, int]
+
+    def image(self) -> Image.Image:
+        return Image.open(_io.BytesIO(self.data)).convert("RGB")  # checked when it was uploaded
 
 
 @dataclass
@@ -58,6 +65,15 @@ class SessionStore:
         with self._lock:
             session.history = (session.history + [session.latent])[-8:]
             session.latent = latent
+        return session
+
+    def undo(self, session_id: str) -> Session:
+        """Restore the latent a refine replaced."""
+        session = self.get(session_id)
+        with self._lock:
+            if not session.history:
+                raise Conflict("nothing to undo: the session's latent was never replaced")
+            session.latent = session.history.pop()
         return session
 
     def delete(self, session_id: str) -> None:
