@@ -1,13 +1,16 @@
 """The editing engine: sample or embed an image, segment it, learn an editing vector from an edited label
 map, apply vectors at any scale in real time, refine the result.
 
-Only latents are ever optimized: the editor freezes every model it is given.
+Only latents are ever optimized: the editor works on frozen copies of the models it is given (eval mode, no
+gradients, sharing the weights' storage), so the caller's modules are never switched to eval or frozen, and
+`Editor.to` moves the editor's copies only.
 The real-time path (`apply`): the per-layer style coefficients are affine in w+, styles(w + Σ sᵢδᵢ) =
 styles(w) + Σ sᵢ styles(δᵢ, bias=False), so the editor caches styles(w) per Latent and styles(δᵢ) per vector;
 a new set of scales costs a weighted sum of cached tensors and one synthesis, and a batch of scales is one batch.
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import sys
@@ -73,10 +76,10 @@ class Editor:
         if segmenter.in_features != dim:
             raise ValueError(f"the segmenter classifies {segmenter.in_features} feature channels, the generator's "
                              f"feature maps have {dim}: they do not belong together")
-        self.generator = _frozen(generator)
-        self.segmenter = _frozen(segmenter)
-        self.encoder = _frozen(encoder) if encoder is not None else None
-        self.lpips = _frozen(lpips) if lpips is not None else None
+        self.generator = _frozen_copy(generator)
+        self.segmenter = _frozen_copy(segmenter)
+        self.encoder = _frozen_copy(encoder) if encoder is not None else None
+        self.lpips = _frozen_copy(lpips) if lpips is not None else None
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.noise_mode = noise_mode
         self.learn_lr = learn_lr
@@ -94,6 +97,17 @@ class Editor:
     @property
     def num_classes(self) -> int:
         return self.segmenter.num_classes
+
+    def to(self, *args, **kwargs) -> "Editor":
+        """Move or cast the editor's models (`torch.nn.Module.to`'s arguments); the cached styles are dropped.
+        The modules given to the constructor stay where they are."""
+        for name in ("generator", "segmenter", "encoder", "lpips"):
+            module = getattr(self, name)
+            if module is not None:
+                setattr(self, name, module.to(*args, **kwargs))
+        self._latent_styles.clear()
+        self._vector_styles.clear()
+        return self
 
     def latent(self, wplus) -> Latent:
         """Wrap and check a w+ tensor for this generator."""
@@ -374,10 +388,13 @@ def _check_finite(label: str, finite: torch.Tensor, best: torch.Tensor, step: in
                             f"scales) are out of range for this generator", best=best.detach().clone(), step=step)
 
 
-def _frozen(module):
-    module.eval()
-    module.requires_grad_(False)
-    return module
+def _frozen_copy(module):
+    """The module in eval mode without gradients, leaving the caller's module as it was: a copy whose parameters
+    are new Parameter objects over the same storage (no weight is duplicated) and whose buffers are shared until
+    moved (`.to()` replaces a copy's tensors, never the original's)."""
+    memo = {id(t): t for t in module.buffers()}
+    memo.update({id(p): torch.nn.Parameter(p.detach(), requires_grad=False) for p in module.parameters()})
+    return copy.deepcopy(module, memo).eval()
 
 
 def _scale_matrix(vectors: dict) -> tuple[torch.Tensor, bool]:
