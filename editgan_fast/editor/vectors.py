@@ -23,7 +23,7 @@ import safetensors.numpy
 import torch
 
 from .. import io, limits
-from ..errors import FileFormatError, InputValueError, MismatchError
+from ..errors import FileFormatError, InputValueError, LimitExceeded, MismatchError
 
 FORMAT = "editgan-fast-vectors"
 VERSION = 1
@@ -212,7 +212,7 @@ class VectorLibrary:
             else:
                 raise VectorFileError(f"{path} is not a readable vector file (.safetensors or .npz)")
             library = cls(_vectors_from(path, header, arrays))
-        except VectorFileError:
+        except (VectorFileError, LimitExceeded):
             raise
         except (FileFormatError, InputValueError) as e:
             raise VectorFileError(f"{path}: {e}" if str(path) not in str(e) else str(e)) from None
