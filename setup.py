@@ -92,7 +92,7 @@ setup(
     license="MIT",
     license_files=["LICENSE"],
     python_requires=">=3.10",
-    install_requires=[f"torch=={TORCH_RELEASE}.*", "numpy", "pillow", "tqdm"],
+    install_requires=[f"torch=={TORCH_RELEASE}.*", "numpy", "pillow", "tqdm", "safetensors"],
     extras_require={
         "triton": ["triton>=3.8"],
         "serve": ["fastapi", "uvicorn", "httpx", "python-multipart"],

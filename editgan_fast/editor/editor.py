@@ -22,10 +22,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .. import io
+from .. import io, limits
 from ..errors import InputValueError, NonFiniteLoss, OptimizationInterrupted
 from . import losses
 from .progress import ProgressBar
+from .seeds import seed_z
 from .vectors import EditVector, wplus_matrix
 
 StepCallback = Callable[[int, dict, torch.Tensor], None]
@@ -122,12 +123,19 @@ class Editor:
     def sample(self, seed_or_z, truncation: float = 0.7) -> Latent:
         """A latent from an int seed (z ~ N(0, I) from torch.Generator(seed)) or a z [style_dim] / [1, style_dim]."""
         g = self.generator
+        if isinstance(truncation, bool) or not isinstance(truncation, (int, float)) or not math.isfinite(truncation):
+            raise InputValueError(f"truncation must be a finite number, got {truncation!r}")
         if isinstance(seed_or_z, int):
-            z = torch.randn(1, g.style_dim, generator=torch.Generator().manual_seed(seed_or_z))
+            z = seed_z(seed_or_z, g.style_dim)
         else:
-            z = torch.as_tensor(seed_or_z, dtype=torch.float32).reshape(1, -1)
-            if z.shape[1] != g.style_dim:
-                raise ValueError(f"z must have {g.style_dim} entries, got {z.shape[1]}")
+            try:
+                z = torch.as_tensor(seed_or_z, dtype=torch.float32).reshape(1, -1)
+            except (TypeError, ValueError, RuntimeError):
+                raise InputValueError(f"seed_or_z must be an int seed or a z of {g.style_dim} numbers, got "
+                                      f"{type(seed_or_z).__name__}") from None
+            if z.shape[1] != g.style_dim or not torch.isfinite(z).all():
+                raise InputValueError(f"z must have {g.style_dim} finite entries, got {z.shape[1]}"
+                                      + ("" if torch.isfinite(z).all() else " with NaN or Inf"))
         w = g.truncate(g.mapping(z.to(self.device)), truncation)
         return Latent(w[:, None, :].expand(1, g.num_ws, g.style_dim)[0].cpu())
 
@@ -178,10 +186,18 @@ class Editor:
         return styles, batched
 
     def _render_styles(self, styles) -> Result:
-        """Image [B, 3, H, W] (float32) and labels [B, h, w] of one synthesis."""
-        image, features = self.generator.synthesis_from_styles(styles, noise_mode=self.noise_mode,
-                                                               return_features=True)
-        return Result(image.float(), self.segmenter.logits(features).argmax(1))
+        """Image [B, 3, H, W] (float32) and labels [B, h, w]: one synthesis per limits.synthesis_batch rows (at
+        most limits.scales_per_call rows in all), so a long list of scales never becomes one huge batch."""
+        rows = styles[0].shape[0]
+        limits.check("scales_per_call", rows, "results asked of one apply call")
+        chunk = limits.get("synthesis_batch")
+        images, labels = [], []
+        for start in range(0, rows, chunk):
+            image, features = self.generator.synthesis_from_styles([s[start:start + chunk] for s in styles],
+                                                                   noise_mode=self.noise_mode, return_features=True)
+            images.append(image.float())
+            labels.append(self.segmenter.logits(features).argmax(1))
+        return Result(torch.cat(images), torch.cat(labels))
 
     @torch.no_grad()
     def apply(self, latent: Latent, vectors: dict) -> Result:
@@ -199,11 +215,13 @@ class Editor:
         items = list(items)
         if not items:
             raise ValueError("apply_many needs at least one (latent, vectors) item")
-        per_item = []
+        per_item, rows = [], 0
         for i, item in enumerate(items):
             if not isinstance(item, (tuple, list)) or len(item) != 2:
                 raise ValueError(f"apply_many: item {i} must be a (latent, {{vector: scale}}) pair")
             per_item.append(self._edited_styles(*item)[0])
+            rows += per_item[-1][0].shape[0]
+            limits.check("scales_per_call", rows, f"results asked of one apply_many call (by item {i})")
         return self._render_styles([torch.cat(layer) for layer in zip(*per_item)])
 
     # ----------------------------------------------------------------------------------------- optimizing
@@ -411,6 +429,7 @@ def _scale_matrix(vectors: dict) -> tuple[torch.Tensor, bool]:
     if len(lengths) > 1:
         raise ValueError(f"all scale sequences must have the same length, got lengths {sorted(lengths)}")
     batch = lengths.pop() if lengths else 0
+    limits.check("scales_per_call", batch, "scales in one call")
     if batch == 0 and any(c.ndim == 1 for c in columns):
         raise ValueError("scale sequences must not be empty")
     rows = max(batch, 1)
