@@ -12,7 +12,7 @@ setup: $(STAMP)
 
 $(STAMP): $(NATIVE) pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
-	$(VPY) -m pip install -q --disable-pip-version-check torch==2.13.0 triton==3.8.0 numpy pillow pybind11 ninja pytest pytest-benchmark setuptools wheel fastapi uvicorn httpx python-multipart websockets playwright
+	$(VPY) -m pip install -q --disable-pip-version-check torch==2.13.0 triton==3.8.0 numpy pillow pybind11 ninja pytest pytest-benchmark setuptools wheel build tqdm safetensors hypothesis fastapi uvicorn httpx python-multipart websockets playwright
 	$(VPY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
 	touch $(STAMP)
 
@@ -45,4 +45,4 @@ serve: setup
 	$(VPY) -m editgan_fast.cli serve
 
 clean:
-	rm -rf build *.egg-info editgan_fast/*.so
+	rm -rf build *.egg-info editgan_fast/*.so editgan_fast/_build_info.py
