@@ -304,11 +304,15 @@ def test_vector_library_upload_download_delete(client, editor):
     r = client.post(f"{API}/vectors", files={"file": ("editgan.npy", npy.getvalue())}, data={"classes": "4,5"})
     assert r.status_code == 200 and r.json()["vectors"][0] == {**r.json()["vectors"][0], "name": "editgan",
                                                                "classes": [4, 5]}
-    assert [v["name"] for v in client.get(f"{API}/vectors").json()["vectors"]] == ["v1", "editgan"]
+    EditVector(-vector.delta, (4,), "st", editor.fingerprint).save(client.library_dir.parent / "st.safetensors")
+    r = client.post(f"{API}/vectors", files={"file": ("st.safetensors",
+                                                      (client.library_dir.parent / "st.safetensors").read_bytes())})
+    assert r.status_code == 200, r.text
+    assert [v["name"] for v in client.get(f"{API}/vectors").json()["vectors"]] == ["v1", "editgan", "st"]
     loaded = EditVector.load(_save(client, "v1"), editor.generator)
     assert torch.equal(loaded.delta, vector.delta) and loaded.classes == (MOUTH,)
     assert client.delete(f"{API}/vectors/v1").status_code == 204
-    assert stored_files(client) == ["editgan.npz"]
+    assert stored_files(client) == ["editgan.npz", "st.npz"]
     assert_error(client.get(f"{API}/vectors/v1"), 404, "v1")
     assert_error(client.delete(f"{API}/vectors/v1"), 404, "v1")
 
