@@ -279,6 +279,18 @@ def test_cancel_learn_job(client, editor):
     assert_error(client.delete(f"{API}/jobs/{job_id}"), 409, "already finished")
 
 
+def test_job_queue_is_bounded(editor, tmp_path):
+    app = create_app(editor, library_dir=tmp_path / "lib", limits=Limits(max_queued_jobs=1))
+    with TestClient(app) as c:
+        sid = new_session(c, seed=2)
+        body = {"labels_png": labels_b64(painted(editor, 2)), "steps": 200}
+        first = c.post(f"{API}/sessions/{sid}/learn", json={**body, "name": "one"}).json()["id"]
+        assert_error(c.post(f"{API}/sessions/{sid}/learn", json={**body, "name": "two"}), 429, "max_queued_jobs")
+        c.delete(f"{API}/jobs/{first}")
+        assert wait_job(c, first)["state"] == "cancelled"
+        assert c.post(f"{API}/sessions/{sid}/learn", json={**body, "name": "two", "steps": 1}).status_code == 200
+
+
 def test_refine_replaces_latent_and_undo_restores(client, editor):
     sid = new_session(client, seed=2)
     vector, _ = store_vector(client, editor)

@@ -1,5 +1,6 @@
 """The service's one mapping of the package's errors to HTTP: a status and a JSON body {"error", "message"},
-never a traceback. Errors the service itself raises (NotFound, Conflict) join the package's hierarchy here."""
+never a traceback. Errors the service itself raises (NotFound, Conflict, Busy) join the package's hierarchy
+here."""
 from __future__ import annotations
 
 import json
@@ -27,8 +28,12 @@ class Conflict(EditGANFastError, ValueError):
     """The request clashes with the server's state (a vector name already taken, a job already finished)."""
 
 
+class Busy(EditGANFastError):
+    """The server has as much work queued as it accepts (jobs); the client may retry later."""
+
+
 # Most specific first: NonFiniteLoss is an InputValueError, the vector errors are FileFormat/Mismatch errors.
-STATUS = ((NotFound, 404), (Conflict, 409), (LimitExceeded, 413), (MismatchError, 409), (FileFormatError, 422),
+STATUS = ((NotFound, 404), (Conflict, 409), (Busy, 429), (LimitExceeded, 413), (MismatchError, 409), (FileFormatError, 422),
           (InputValueError, 422), (BackendUnavailable, 503), (ValueError, 422))
 
 
