@@ -296,7 +296,8 @@ def cmd_serve(args):
     editor = build_editor(args)
     editor.progress = False  # jobs report progress through the API, not on the server's stderr
     app = create_app(editor, library_dir=args.library, class_names=_bundled_class_names(args))
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", ws="websockets-sansio")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", ws="websockets-sansio",
+                ws_max_size=app.state.service.limits.max_ws_message_bytes)
     return {}
 
 

@@ -56,7 +56,7 @@ def _int_list(text: Optional[str], what: str) -> list[int]:
 
 
 def build_router(service) -> APIRouter:
-    """The API's routes over `service` (an app.Service)."""
+    """The API's routes over `service` (a service.Service)."""
     editor, limits, sessions, library, jobs, renderer = (service.editor, service.limits, service.sessions,
                                                          service.library, service.jobs, service.renderer)
     router = APIRouter(prefix="/api/v1")
