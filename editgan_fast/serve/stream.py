@@ -15,7 +15,6 @@ import time
 from fastapi import WebSocket, WebSocketDisconnect
 
 from ..errors import InputValueError
-from . import codec
 from .errormap import message_of, status_of
 from .renderer import Superseded
 
@@ -62,15 +61,14 @@ async def edit_stream(websocket: WebSocket, service, session_id: str) -> None:
             request = dict(latest)
             try:
                 frame = await service.renderer.render(key, session.latent, request["vectors"],
-                                                      labels=request["labels"])
+                                                      labels=request["labels"], encode=True)
             except Superseded:
                 continue
             except Exception as e:
                 await websocket.send_json({"seq": request["seq"], "error": type(e).__name__,
                                            "message": message_of(e), "status": status_of(e)})
                 continue
-            fields = await asyncio.to_thread(codec.frame, frame.result.image, frame.result.labels)
-            await websocket.send_json({"seq": request["seq"], **fields, "batch_rows": frame.batch_rows,
+            await websocket.send_json({"seq": request["seq"], **frame.encoded, "batch_rows": frame.batch_rows,
                                        "synthesis_ms": round(frame.synthesis_s * 1e3, 3),
                                        "server_ms": round((time.perf_counter() - request["received"]) * 1e3, 3)})
 
