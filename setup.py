@@ -68,6 +68,7 @@ setup(
     package_data={"editgan_fast": ["assets/*"]},
     python_requires=">=3.10",
     install_requires=["torch>=2.1", "numpy", "pillow"],
+    extras_require={"ray": ["ray[data,serve]"]},  # editgan-fast batch --ray, serve --ray
     ext_modules=cpu_extension() + cuda_extension(),
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     entry_points={"console_scripts": ["editgan-fast=editgan_fast.cli:main"]},
