@@ -26,10 +26,12 @@ test-full: setup
 demo: setup
 	$(VPY) -m editgan_fast.cli demo --out out
 
-# Speed table (reference vs fast backends, same run), then the edit-quality benchmark at reduced size.
+# Speed table (reference vs fast backends, same run), then the edit-quality benchmark at reduced size, then the
+# batch job's throughput (local batch sizes and Ray, same run).
 bench: setup
 	$(VPY) bench/run.py
 	$(VPY) bench/edit_quality.py --reduced
+	$(VPY) bench/batch.py
 
 # The full edit-quality benchmark: 100 held-out samples, 0/10/30 refinement steps (tens of minutes on 2 cores).
 bench-quality: setup
