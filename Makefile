@@ -12,7 +12,7 @@ setup: $(STAMP)
 
 $(STAMP): $(NATIVE) pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
-	$(VPY) -m pip install -q --disable-pip-version-check torch==2.13.0 triton==3.8.0 numpy pillow pybind11 ninja pytest pytest-benchmark setuptools wheel "ray[data,serve]"
+	$(VPY) -m pip install -q --disable-pip-version-check torch==2.13.0 triton==3.8.0 numpy pillow pybind11 ninja pytest pytest-benchmark setuptools wheel build tqdm safetensors hypothesis "ray[data,serve]"
 	$(VPY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
 	touch $(STAMP)
 
@@ -38,4 +38,4 @@ bench-quality: setup
 	$(VPY) bench/edit_quality.py
 
 clean:
-	rm -rf build *.egg-info editgan_fast/*.so
+	rm -rf build *.egg-info editgan_fast/*.so editgan_fast/_build_info.py
