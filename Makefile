@@ -12,7 +12,7 @@ setup: $(STAMP)
 
 $(STAMP): $(NATIVE) pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
-	$(VPY) -m pip install -q --disable-pip-version-check torch==2.13.0 triton==3.8.0 numpy pillow pybind11 ninja pytest pytest-benchmark setuptools wheel build tqdm safetensors hypothesis fastapi uvicorn httpx python-multipart websockets playwright
+	$(VPY) -m pip install -q --disable-pip-version-check torch==2.13.0 triton==3.8.0 numpy pillow pybind11 ninja pytest pytest-benchmark setuptools wheel build tqdm safetensors hypothesis fastapi uvicorn httpx python-multipart websockets playwright "ray[data,serve]"
 	$(VPY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
 	touch $(STAMP)
 
@@ -35,6 +35,7 @@ bench: setup
 	$(VPY) bench/run.py
 	$(VPY) bench/edit_quality.py --reduced
 	$(VPY) bench/serve.py --seconds 3
+	$(VPY) bench/batch.py
 
 # The full edit-quality benchmark: 100 held-out samples, 0/10/30 refinement steps (tens of minutes on 2 cores).
 bench-quality: setup
