@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.setup-stamp
 # Native sources: a change rebuilds the extension on the next `make setup`.
 NATIVE  := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' 2>/dev/null) setup.py
 
-.PHONY: setup test test-full demo bench bench-quality clean
+.PHONY: setup test test-full demo bench bench-quality gpu-check clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,11 @@ bench: setup
 # The full edit-quality benchmark: 100 held-out samples, 0/10/30 refinement steps (tens of minutes on 2 cores).
 bench-quality: setup
 	$(VPY) bench/edit_quality.py
+
+# On a GPU machine, with its own python3 (no venv, no installs): build, every GPU test, error-checked benchmarks,
+# a Markdown report in OUTDIR (default $$OUT). See bench/gpu_check.sh.
+gpu-check:
+	bash bench/gpu_check.sh $(or $(OUTDIR),$(OUT))
 
 clean:
 	rm -rf build *.egg-info editgan_fast/*.so
