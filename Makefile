@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.setup-stamp
 # Native sources: a change rebuilds the extension on the next `make setup`.
 NATIVE  := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' 2>/dev/null) setup.py
 
-.PHONY: setup setup-browser test test-full demo bench bench-quality serve clean
+.PHONY: setup setup-browser test test-full demo bench bench-quality serve gpu-check clean
 
 setup: $(STAMP)
 
@@ -44,6 +44,11 @@ bench-quality: setup
 # The editing service and its page on http://127.0.0.1:8000/ (the embedded model; vectors in ./editgan-vectors).
 serve: setup
 	$(VPY) -m editgan_fast.cli serve
+
+# On a GPU machine, with its own python3 (no venv, no installs): build, every GPU test, error-checked benchmarks,
+# a Markdown report in OUTDIR (default $$OUT). See bench/gpu_check.sh.
+gpu-check:
+	bash bench/gpu_check.sh $(or $(OUTDIR),$(OUT))
 
 clean:
 	rm -rf build *.egg-info editgan_fast/*.so editgan_fast/_build_info.py
