@@ -6,13 +6,13 @@ STAMP   := $(VENV)/.setup-stamp
 # Native sources: a change rebuilds the extension on the next `make setup`.
 NATIVE  := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' 2>/dev/null) setup.py
 
-.PHONY: setup setup-browser test test-full demo bench bench-quality serve clean
+.PHONY: setup setup-browser test test-full demo bench bench-quality serve gpu-check clean
 
 setup: $(STAMP)
 
 $(STAMP): $(NATIVE) pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
-	$(VPY) -m pip install -q --disable-pip-version-check torch==2.13.0 triton==3.8.0 numpy pillow pybind11 ninja pytest pytest-benchmark setuptools wheel build tqdm safetensors hypothesis fastapi uvicorn httpx python-multipart websockets playwright
+	$(VPY) -m pip install -q --disable-pip-version-check torch==2.13.0 triton==3.8.0 numpy pillow pybind11 ninja pytest pytest-benchmark setuptools wheel build tqdm safetensors hypothesis fastapi uvicorn httpx python-multipart websockets playwright "ray[data,serve]"
 	$(VPY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
 	touch $(STAMP)
 
@@ -35,6 +35,7 @@ bench: setup
 	$(VPY) bench/run.py
 	$(VPY) bench/edit_quality.py --reduced
 	$(VPY) bench/serve.py --seconds 3
+	$(VPY) bench/batch.py
 
 # The full edit-quality benchmark: 100 held-out samples, 0/10/30 refinement steps (tens of minutes on 2 cores).
 bench-quality: setup
@@ -43,6 +44,11 @@ bench-quality: setup
 # The editing service and its page on http://127.0.0.1:8000/ (the embedded model; vectors in ./editgan-vectors).
 serve: setup
 	$(VPY) -m editgan_fast.cli serve
+
+# On a GPU machine, with its own python3 (no venv, no installs): build, every GPU test, error-checked benchmarks,
+# a Markdown report in OUTDIR (default $$OUT). See bench/gpu_check.sh.
+gpu-check:
+	bash bench/gpu_check.sh $(or $(OUTDIR),$(OUT))
 
 clean:
 	rm -rf build *.egg-info editgan_fast/*.so editgan_fast/_build_info.py

@@ -243,7 +243,7 @@ def labels_from_image(im: Image.Image, num_classes: int | None = None, size: tup
         if unknown:
             c = int(unknown[0])
             raise FileFormatError(f"{what}: colour {(c >> 16, (c >> 8) & 255, c & 255)} is not in the label palette "
-                                  f"(see editgan_fast.io.PALETTE); paint label maps with the palette's exact colours")
+                             f"(see editgan_fast.io.PALETTE); paint label maps with the palette's exact colours")
         labels = np.array([lookup[int(c)] for c in colours], dtype=np.int64)[inverse].reshape(code.shape)
     else:
         raise FileFormatError(f"{what}: label maps must be palette, grayscale or RGB PNGs, got mode {im.mode}")

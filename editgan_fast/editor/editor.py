@@ -191,22 +191,22 @@ class Editor:
         return styles, batched
 
     def _render_styles(self, styles, labels: bool = True) -> Result:
-        """Image [B, 3, H, W] (float32) and labels [B, h, w] (None when `labels` is False: no segmentation, an
-        image-only preview): one synthesis per limits.synthesis_batch rows (at most limits.scales_per_call rows
-        in all), so a long list of scales never becomes one huge batch."""
+        """Image [B, 3, H, W] (float32) and labels [B, h, w] (None if not asked for): one synthesis per
+        limits.synthesis_batch rows (at most limits.scales_per_call rows in all), so a long list of scales never
+        becomes one huge batch."""
         rows = styles[0].shape[0]
         limits.check("scales_per_call", rows, "results asked of one apply call")
         chunk = limits.get("synthesis_batch")
         images, label_maps = [], []
         for start in range(0, rows, chunk):
             part = [s[start:start + chunk] for s in styles]
-            if labels:
-                image, features = self.generator.synthesis_from_styles(part, noise_mode=self.noise_mode,
-                                                                       return_features=True)
-                label_maps.append(self.segmenter.logits(features).argmax(1))
-            else:
-                image = self.generator.synthesis_from_styles(part, noise_mode=self.noise_mode)
+            if not labels:
+                images.append(self.generator.synthesis_from_styles(part, noise_mode=self.noise_mode).float())
+                continue
+            image, features = self.generator.synthesis_from_styles(part, noise_mode=self.noise_mode,
+                                                                   return_features=True)
             images.append(image.float())
+            label_maps.append(self.segmenter.logits(features).argmax(1))
         return Result(torch.cat(images), torch.cat(label_maps) if labels else None)
 
     @torch.no_grad()
