@@ -5,6 +5,7 @@ import time
 
 import httpx
 
+from editgan_fast import cli
 from editgan_fast.serve.local import free_port
 
 START_TIMEOUT_S = 120
@@ -34,8 +35,7 @@ def test_serve_command_serves_page_and_api(tmp_path):
         process.wait(timeout=30)
 
 
-def test_serve_bad_options_exit_2(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "editgan_fast.cli", "serve", "--segmenter", "x.pth"],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and result.stderr.startswith("editgan-fast: error:") and "Traceback" not in \
-        result.stderr
+def test_serve_bad_options_exit_2(capsys):
+    assert cli.main(["serve", "--segmenter", "x.pth"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("editgan-fast: error:") and "--checkpoint" in err and "Traceback" not in err
