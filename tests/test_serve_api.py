@@ -505,3 +505,19 @@ def test_editor_caches_under_concurrent_threads(editor):
     for i, image in enumerate(images):  # each thread's result is its own edit, as computed alone afterwards
         want = editor.apply(latents[i], {vectors[i]: 0.8, vectors[-1 - i]: -0.4}).image
         torch.testing.assert_close(image, want, atol=2e-5, rtol=0)
+
+
+def test_failed_job_reports_the_error_and_stores_nothing(client, editor, monkeypatch):
+    from editgan_fast.errors import NonFiniteLoss
+
+    def diverges(*args, **kwargs):
+        raise NonFiniteLoss("learn: the loss became NaN or Inf (by step 3)")
+    monkeypatch.setattr(editor, "learn_vector", diverges)
+    sid = new_session(client, seed=2)
+    r = client.post(f"{API}/sessions/{sid}/learn",
+                    json={"labels_png": labels_b64(painted(editor, 2)), "name": "nan", "steps": 4})
+    job = wait_job(client, r.json()["id"])
+    assert job["state"] == "failed"
+    assert job["error"] == {"error": "NonFiniteLoss", "message": "learn: the loss became NaN or Inf (by step 3)",
+                            "status": 422}
+    assert stored_files(client) == []

@@ -54,11 +54,18 @@ def json_error_body(kind: str, message: str) -> bytes:
     return json.dumps({"error": kind, "message": message}).encode()
 
 
-def error_response(error: BaseException) -> JSONResponse:
+def error_fields(error: BaseException) -> dict:
+    """{"error", "message", "status"} of an error (for a websocket message or a job); an unexpected one is
+    logged with its traceback on the server and reported without it."""
     status = status_of(error)
     if status == 500:
         log.error("unexpected error", exc_info=error)
-    return JSONResponse({"error": type(error).__name__, "message": message_of(error)}, status_code=status)
+    return {"error": type(error).__name__, "message": message_of(error), "status": status}
+
+
+def error_response(error: BaseException) -> JSONResponse:
+    fields = error_fields(error)
+    return JSONResponse({"error": fields["error"], "message": fields["message"]}, status_code=fields["status"])
 
 
 def install(app) -> None:

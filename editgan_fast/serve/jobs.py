@@ -13,7 +13,7 @@ from typing import Callable
 
 from ..errors import EditGANFastError
 from . import codec
-from .errormap import Busy, Conflict, NotFound, message_of, status_of
+from .errormap import Busy, Conflict, NotFound, error_fields
 
 MAX_EVENTS = 2000  # events kept per job (a preview is only in every preview_every-th)
 
@@ -93,7 +93,7 @@ class JobManager:
         except JobCancelled:
             job.state = "cancelled"
         except Exception as error:  # reported through the job, mapped as the API maps errors
-            job.error = {"error": type(error).__name__, "message": message_of(error), "status": status_of(error)}
+            job.error = error_fields(error)
             job.state = "failed"
 
     def get(self, job_id: str) -> Job:
