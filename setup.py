@@ -65,7 +65,7 @@ setup(
     description="Fast EditGAN-style semantic image editing",
     packages=packages,
     package_dir={"editgan_fast.kernels": "kernels"},
-    package_data={"editgan_fast": ["assets/*"]},
+    package_data={"editgan_fast": ["assets/*", "ops/gpu_choice.json"]},
     python_requires=">=3.10",
     install_requires=["torch>=2.1", "numpy", "pillow"],
     ext_modules=cpu_extension() + cuda_extension(),

@@ -10,7 +10,8 @@
 #   build     the CUDA extension, built in place against the installed torch
 #   cuda      every `gpu` test (the CUDA kernels, the AOT cubins)
 #   bench     bench/gpu.py --check: fp32 (<= 1e-4 relative) and bf16 (<= 5e-2) at the car and 1024 px face
-#             configurations, each kernel and end to end against the reference
+#             configurations, each kernel and end to end against the reference; the car fp32 run rewrites
+#             editgan_fast/ops/gpu_choice.json (the backend `auto` picks per operator on CUDA), copied to OUTDIR
 # A test that skips counts as a failure (EDITGAN_FAST_REQUIRE_GPU=1 turns the GPU tests' skips into failures,
 # and pytest's summary line is checked for any other). OUTDIR/gpu-check.md, the report, is written as the steps
 # finish (versions, device, each step's result and seconds, the benchmark tables); OUTDIR/gpu-check.log holds
@@ -141,7 +142,8 @@ EOF
 
 bench() {
     local config=$1 dtype=$2
-    "$PY" bench/gpu.py --check --config "$config" --dtype "$dtype" --reps 10 --markdown "$REPORT"
+    shift 2
+    "$PY" bench/gpu.py --check --config "$config" --dtype "$dtype" --reps 10 --markdown "$REPORT" "$@"
 }
 
 finish() {
@@ -180,7 +182,9 @@ step triton 150 env EDITGAN_FAST_TRITON_DEVICE=cuda pytest_strict tests/test_tri
 step build 240 "$PY" setup.py -q build_ext --inplace
 step cuda 150 pytest_strict -m "gpu or nvcc" --deselect tests/test_triton_aot.py::test_kernels_on_a_real_gpu \
     tests/test_cuda_backend.py tests/test_cuda_compile.py tests/test_cuda_emulated.py tests/test_triton_aot.py
-step "bench car fp32" 90 bench car float32
+# The car fp32 run also records which backend `auto` picks per operator (the table travels back in OUTDIR).
+step "bench car fp32" 90 bench car float32 --record editgan_fast/ops/gpu_choice.json
+cp editgan_fast/ops/gpu_choice.json "$OUTDIR/" 2>/dev/null
 step "bench car bf16" 90 bench car bfloat16
 step "bench face1024 fp32" 120 bench face1024 float32
 step "bench face1024 bf16" 120 bench face1024 bfloat16
