@@ -100,6 +100,7 @@ step() {
         124 | 137) result="FAIL (timed out after ${limit}s)" ;;
         *) result="FAIL (exit $rc)" ;;
     esac
+    [ "$limit" -le 0 ] && result="FAIL (not run: the ${BUDGET_S} s budget was spent)"
     [ $rc -eq 0 ] || FAILED+=("$name")
     SUMMARY+=("| $name | $result | $secs |")
     echo "### $name: $result, ${secs} s" >>"$REPORT"
@@ -165,7 +166,7 @@ finish() {
         if [ ${#FAILED[@]} -eq 0 ]; then
             echo "**GPU check passed** in $(($(date +%s) - T0)) s."
         else
-            echo "**GPU check FAILED** (${FAILED[*]}) after $(($(date +%s) - T0)) s; see gpu-check.log."
+            echo "**GPU check FAILED** ($(IFS=,; echo "${FAILED[*]}")) after $(($(date +%s) - T0)) s; see gpu-check.log."
         fi
     } >>"$REPORT"
     echo "gpu_check: report in $REPORT"
