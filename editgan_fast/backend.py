@@ -6,8 +6,9 @@ its exact signature, so the public op function just asks `resolve(op, tensor)` w
 
 Selection, in this order:
 - `use_backend(name, dtype=None)` (a context manager, thread- and task-local) or `set_backend(name, dtype=None)`;
-- otherwise "auto": `cpu` for CPU tensors when the native extension is built, `triton` for CUDA tensors when
-  Triton is importable, else `reference`.
+- otherwise "auto": `cpu` for CPU tensors when the native extension is built; for CUDA tensors, per operator,
+  the backend `ops/gpu_choice.json` names (the faster one in `make gpu-check`'s benchmark) when available, else
+  `triton`, else `cuda`; else `reference`.
 A backend that is not built, or that cannot run on the tensors' device, is a clear `BackendUnavailable`
 error when asked for by name. A backend that does not implement one particular operator hands it to the next
 in its chain (cuda -> triton -> reference, triton -> reference, cpu -> reference).
@@ -20,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import importlib
+import json
+import os
 from dataclasses import dataclass
 
 import torch
@@ -132,25 +135,39 @@ def available(name: str) -> bool:
         return False
 
 
-def _auto_for(device: torch.device) -> str:
+_gpu_choice: dict[str, str] | None = None
+
+
+def gpu_choice() -> dict[str, str]:
+    """{op: backend} for CUDA tensors under "auto", from ops/gpu_choice.json (read once)."""
+    global _gpu_choice
+    if _gpu_choice is None:
+        path = os.path.join(os.path.dirname(__file__), "ops", "gpu_choice.json")
+        with open(path) as f:
+            _gpu_choice = dict(json.load(f)["ops"])
+    return _gpu_choice
+
+
+def _auto_for(device: torch.device, op: str | None = None) -> str:
     if device.type == "cpu":
         return "cpu" if available("cpu") else "reference"
     if device.type == "cuda":
-        for name in ("triton", "cuda"):
+        preferred = gpu_choice().get(op) if op is not None else None
+        for name in ((preferred,) if preferred else ()) + ("triton", "cuda"):
             if available(name):
                 return name
     return "reference"
 
 
-def backend_name_for(tensor: torch.Tensor) -> str:
-    """The backend an op on `tensor` would start from under the current selection."""
+def backend_name_for(tensor: torch.Tensor, op: str | None = None) -> str:
+    """The backend `op` (any op if None) on `tensor` would start from under the current selection."""
     name = current().name
-    return _auto_for(tensor.device) if name == "auto" else name
+    return _auto_for(tensor.device, op) if name == "auto" else name
 
 
 def resolve_name(op: str, tensor: torch.Tensor) -> str:
     """The backend that runs `op` on `tensor` (its device decides what is usable), after fallbacks."""
-    name = backend_name_for(tensor)
+    name = backend_name_for(tensor, op)
     while name != "reference":
         module = _load(name)
         if tensor.device.type not in module.DEVICES:
