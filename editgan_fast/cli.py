@@ -304,6 +304,8 @@ def cmd_batch(args):
     job = batch.BatchJob.create(items, args.vectors, scales, shard_size=args.shard_size,
                                 batch_size=args.batch_size, embed_steps=args.embed_steps,
                                 truncation=args.truncation)
+    if args.ray is None and (args.actors or args.gpus_per_actor):
+        raise UsageError("--actors and --gpus-per-actor need --ray")
     if args.ray is not None:
         from .batch.on_ray import run_ray
         return run_ray(functools.partial(build_editor, args), job, args.out,
