@@ -291,6 +291,29 @@ def cmd_demo(args):
                     progress=not args.quiet)
 
 
+def cmd_serve(args):
+    import uvicorn
+    from .serve import create_app
+    editor = build_editor(args)
+    editor.progress = False  # jobs report progress through the API, not on the server's stderr
+    app = create_app(editor, library_dir=args.library, class_names=_bundled_class_names(args))
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", ws="websockets-sansio")
+    return {}
+
+
+def _bundled_class_names(args):
+    """The bundled model's class names (for the page's brushes), or None with other weights."""
+    from . import assets
+    return assets.manifest()["classes"] if args.checkpoint is None and assets.available() else None
+
+
+def _add_serve_parser(command) -> None:
+    p = command("serve", cmd_serve, "the editing service and its page (http://HOST:PORT/)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--library", default="editgan-vectors", help="directory of the vector library (created)")
+
+
 def cmd_batch(args):
     from . import batch
     items = (batch.seed_items(args.seeds) if args.seeds is not None else
@@ -395,6 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("bench", cmd_bench, "latency per stage (median of --repeats runs)")
     p.add_argument("--repeats", type=int, default=5)
+
+    _add_serve_parser(command)
     _add_batch_command(command)
     return parser
 

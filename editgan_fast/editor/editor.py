@@ -14,6 +14,7 @@ import copy
 import itertools
 import math
 import sys
+import threading
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -87,6 +88,7 @@ class Editor:
         self.fingerprint = generator.fingerprint()
         self._latent_styles = weakref.WeakKeyDictionary()   # Latent -> styles(w)
         self._vector_styles = weakref.WeakKeyDictionary()   # EditVector -> styles(δ, bias=False)
+        self._cache_lock = threading.Lock()  # the caches are shared by the threads of a server
         self._warned_no_lpips = False
 
     # ----------------------------------------------------------------------------------------- basics
@@ -157,18 +159,21 @@ class Editor:
 
     # ----------------------------------------------------------------------------------------- apply
     def _styles_of_latent(self, latent: Latent):
-        styles = self._latent_styles.get(latent)
-        if styles is None:
-            styles = [s.detach() for s in self.generator.styles(self._wplus(latent)[None])]
-            self._latent_styles[latent] = styles
+        with self._cache_lock:
+            styles = self._latent_styles.get(latent)
+            if styles is None:
+                styles = [s.detach() for s in self.generator.styles(self._wplus(latent)[None])]
+                self._latent_styles[latent] = styles
         return styles
 
     def _styles_of_vector(self, vector: EditVector):
-        styles = self._vector_styles.get(vector)
-        if styles is None:
-            vector.check_compatible(self.fingerprint, self.generator.num_ws, self.generator.style_dim)
-            styles = [s.detach() for s in self.generator.styles(vector.delta.to(self.device)[None], bias=False)]
-            self._vector_styles[vector] = styles
+        with self._cache_lock:
+            styles = self._vector_styles.get(vector)
+            if styles is None:
+                vector.check_compatible(self.fingerprint, self.generator.num_ws, self.generator.style_dim)
+                styles = [s.detach() for s in self.generator.styles(vector.delta.to(self.device)[None],
+                                                                    bias=False)]
+                self._vector_styles[vector] = styles
         return styles
 
     def _edited_styles(self, latent: Latent, vectors: dict):
@@ -185,19 +190,24 @@ class Editor:
             styles = [a + s.to(d.dtype) * d for a, d in zip(styles, self._styles_of_vector(vector))]
         return styles, batched
 
-    def _render_styles(self, styles) -> Result:
-        """Image [B, 3, H, W] (float32) and labels [B, h, w]: one synthesis per limits.synthesis_batch rows (at
-        most limits.scales_per_call rows in all), so a long list of scales never becomes one huge batch."""
+    def _render_styles(self, styles, labels: bool = True) -> Result:
+        """Image [B, 3, H, W] (float32) and labels [B, h, w] (None if not asked for): one synthesis per
+        limits.synthesis_batch rows (at most limits.scales_per_call rows in all), so a long list of scales never
+        becomes one huge batch."""
         rows = styles[0].shape[0]
         limits.check("scales_per_call", rows, "results asked of one apply call")
         chunk = limits.get("synthesis_batch")
-        images, labels = [], []
+        images, label_maps = [], []
         for start in range(0, rows, chunk):
-            image, features = self.generator.synthesis_from_styles([s[start:start + chunk] for s in styles],
-                                                                   noise_mode=self.noise_mode, return_features=True)
+            part = [s[start:start + chunk] for s in styles]
+            if not labels:
+                images.append(self.generator.synthesis_from_styles(part, noise_mode=self.noise_mode).float())
+                continue
+            image, features = self.generator.synthesis_from_styles(part, noise_mode=self.noise_mode,
+                                                                   return_features=True)
             images.append(image.float())
-            labels.append(self.segmenter.logits(features).argmax(1))
-        return Result(torch.cat(images), torch.cat(labels))
+            label_maps.append(self.segmenter.logits(features).argmax(1))
+        return Result(torch.cat(images), torch.cat(label_maps) if labels else None)
 
     @torch.no_grad()
     def apply(self, latent: Latent, vectors: dict) -> Result:
@@ -208,10 +218,11 @@ class Editor:
         return result if batched else Result(result.image[0], result.labels[0])
 
     @torch.no_grad()
-    def apply_many(self, items) -> Result:
+    def apply_many(self, items, labels: bool = True) -> Result:
         """Several edits of possibly different latents in ONE synthesis: `items` is a sequence of
         (latent, {vector: scale or [B_i] scales}); the result stacks every item's rows in order (images
-        [Σ B_i, 3, H, W], labels [Σ B_i, h, w]), each row equal to what `apply` gives for it alone."""
+        [Σ B_i, 3, H, W], labels [Σ B_i, h, w]), each row equal to what `apply` gives for it alone.
+        `labels=False` skips the segmentation (labels None): an image-only preview, e.g. while a slider moves."""
         items = list(items)
         if not items:
             raise ValueError("apply_many needs at least one (latent, vectors) item")
@@ -222,7 +233,7 @@ class Editor:
             per_item.append(self._edited_styles(*item)[0])
             rows += per_item[-1][0].shape[0]
             limits.check("scales_per_call", rows, f"results asked of one apply_many call (by item {i})")
-        return self._render_styles([torch.cat(layer) for layer in zip(*per_item)])
+        return self._render_styles([torch.cat(layer) for layer in zip(*per_item)], labels)
 
     # ----------------------------------------------------------------------------------------- optimizing
     def _lpips_or_warn(self):
