@@ -1,5 +1,7 @@
 """`serve --ray`: the service's app on a local Ray Serve (127.0.0.1, 2 CPUs, started and shut down here).
 The service's own API tests run against it over HTTP, and concurrent clients' applies are batched."""
+import contextlib
+import json
 import os
 import signal
 import threading
@@ -9,10 +11,11 @@ import pytest
 ray = pytest.importorskip("ray")
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
+websockets_client = pytest.importorskip("websockets.sync.client")
 
 import test_serve_api as api  # noqa: E402  (the service's tests, rerun below against Ray Serve)
-# Every test of the service's HTTP client except those needing a fresh app (test_bad_photos counts 0 sessions)
-# or an in-process one (monkeypatched errors, the websocket TestClient).
+# Every test of the service's client except those needing a fresh app (test_bad_photos counts 0 sessions) or
+# an in-process one (monkeypatched errors); the websocket test talks to Ray Serve's proxy through `WebSocket`.
 from test_serve_api import (  # noqa: E402,F401
     test_apply_matches_editor_single_and_batch, test_bad_apply_requests, test_bad_latent_upload_stores_nothing,
     test_bad_learn_requests_store_nothing, test_bad_session_requests,
@@ -20,7 +23,7 @@ from test_serve_api import (  # noqa: E402,F401
     test_learn_job_stores_vector_and_reports_progress, test_oversized_body_is_413_and_stores_nothing,
     test_photo_embed_and_paste_back, test_refine_replaces_latent_and_undo_restores,
     test_session_from_latent_round_trip, test_session_from_seed_renders_like_the_editor,
-    test_vector_library_upload_download_delete)
+    test_stream_frames_match_apply_and_errors_keep_the_stream, test_vector_library_upload_download_delete)
 
 from editgan_fast.editor import default_editor  # noqa: E402
 from editgan_fast.serve import Limits  # noqa: E402
@@ -68,6 +71,22 @@ def served(tmp_path_factory):
         signal.signal(signal.SIGALRM, previous)
 
 
+class WebSocket:
+    """The part of TestClient's websocket session the service's stream test uses, over a real connection."""
+
+    def __init__(self, connection):
+        self.connection = connection
+
+    def send_json(self, message):
+        self.connection.send(json.dumps(message))
+
+    def send_text(self, text):
+        self.connection.send(text)
+
+    def receive_json(self):
+        return json.loads(self.connection.recv(timeout=120))
+
+
 @pytest.fixture
 def client(served):
     """An HTTP client of the deployment, its library emptied first (the tests expect a fresh one)."""
@@ -76,6 +95,12 @@ def client(served):
         for vector in c.get(f"{api.API}/vectors").json()["vectors"]:
             assert c.delete(f"{api.API}/vectors/{vector['name']}").status_code == 204
         c.library_dir = library
+
+        @contextlib.contextmanager
+        def websocket_connect(path):
+            with websockets_client.connect("ws" + url.removeprefix("http") + path, open_timeout=60) as connection:
+                yield WebSocket(connection)
+        c.websocket_connect = websocket_connect
         yield c
 
 
