@@ -292,6 +292,8 @@ def cmd_demo(args):
 
 
 def cmd_serve(args):
+    if args.ray is not None:
+        return _serve_on_ray(args)
     import uvicorn
     from .serve import create_app
     editor = build_editor(args)
@@ -313,6 +315,26 @@ def _add_serve_parser(command) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--library", default="editgan-vectors", help="directory of the vector library (created)")
+    _add_serve_ray_options(p)
+
+
+def _add_serve_ray_options(p) -> None:
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="deploy on Ray Serve: a new local Ray, or the cluster at ADDRESS (auto, ray://head:10001)")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="with --ray: model-holding replicas (sessions live in a replica: >1 needs session affinity)")
+    p.add_argument("--gpus-per-replica", type=float, default=0)
+
+
+def _serve_on_ray(args):
+    import threading
+    from .serve import ray_serve
+    url = ray_serve.run(functools.partial(build_editor, args), host=args.host, port=args.port,
+                        address=None if args.ray == "local" else args.ray, num_replicas=args.replicas,
+                        num_gpus=args.gpus_per_replica,
+                        app_options={"library_dir": args.library, "class_names": _bundled_class_names(args)})
+    print(f"editgan-fast: serving {url} on Ray Serve (Ctrl-C stops)", file=sys.stderr)
+    threading.Event().wait()
 
 
 def cmd_batch(args):
@@ -328,6 +350,8 @@ def cmd_batch(args):
     job = batch.BatchJob.create(items, args.vectors, scales, shard_size=args.shard_size,
                                 batch_size=args.batch_size, embed_steps=args.embed_steps,
                                 truncation=args.truncation)
+    if args.ray is None and (args.actors or args.gpus_per_actor):
+        raise UsageError("--actors and --gpus-per-actor need --ray")
     if args.ray is not None:
         from .batch.on_ray import run_ray
         return run_ray(functools.partial(build_editor, args), job, args.out,
