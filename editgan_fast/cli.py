@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import warnings
 from pathlib import Path
 
 import torch
 
-from . import io
+from . import __version__, io
 from .backend import set_backend
 from .errors import BackendUnavailable, InputValueError
 
@@ -37,18 +38,50 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backend", default="auto", choices=("auto", "reference", "cpu", "triton", "cuda"))
     g.add_argument("--device", default="cpu", help="torch device for the models (default cpu)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, and warnings only")
+    p.add_argument("--progress", action="store_true",
+                   help="progress bars even when stderr is not a terminal (a log file, a pipe)")
+
+
+def _progress(args) -> bool | None:
+    """False (--quiet), True (--progress), or None: bars only when stderr is a terminal."""
+    return False if args.quiet else (True if args.progress else None)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a message comes (it may be replaced after the handler is made)."""
+
+    def __init__(self):
+        super().__init__()
+        self.setFormatter(logging.Formatter("editgan-fast: %(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
+def _configure_logging(quiet: bool) -> None:
+    """The package's messages (logger "editgan_fast") as `editgan-fast: ...` lines on stderr."""
+    logger = logging.getLogger("editgan_fast")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler())
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
 def build_editor(args):
     from .editor import Editor, default_editor
     if args.backend != "auto":
         set_backend(args.backend)
-    progress = not args.quiet
+    progress = _progress(args)
     if args.checkpoint is None:
         if args.segmenter or args.encoder:
             raise UsageError("--segmenter/--encoder need the --checkpoint of the generator they belong to")
-        return default_editor(progress=progress, lpips=_load_lpips(args.lpips) if args.lpips else None)
+        return default_editor(progress=progress,
+                              lpips=_load_lpips(args.lpips) if args.lpips else None).to(args.device)
     from .models.loaders import load_generator
     from .models.segmenter import load_segmenter
     if not args.segmenter:
@@ -192,11 +225,12 @@ def cmd_demo(args):
     if args.backend != "auto":
         set_backend(args.backend)
     return run_demo(Path(args.out), steps=args.steps, refine_steps=args.refine_steps, repeats=args.repeats,
-                    progress=not args.quiet)
+                    progress=_progress(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="editgan-fast", description="EditGAN-style semantic image editing")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name, fn, help_):
@@ -269,6 +303,7 @@ def _print_human(result: dict) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    _configure_logging(getattr(args, "quiet", False))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore" if args.quiet else "default")

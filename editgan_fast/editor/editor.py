@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 import math
-import sys
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -25,9 +25,10 @@ import torch.nn.functional as F
 from .. import io
 from ..errors import InputValueError, NonFiniteLoss, OptimizationInterrupted
 from . import losses
-from .progress import ProgressBar
+from .progress import ProgressBar, enabled
 from .vectors import EditVector, wplus_matrix
 
+log = logging.getLogger(__name__)  # under "editgan_fast", which the CLI configures
 StepCallback = Callable[[int, dict, torch.Tensor], None]
 LEARN_LR = 0.02          # EditGAN's editing optimizer (Adam, constant)
 EMBED_PEAK_LR = 0.1      # EditGAN's embedding optimizer (Adam, cosine ramp, get_lr(t, 0.1))
@@ -65,7 +66,8 @@ def embedding_lr(t: float, peak: float = EMBED_PEAK_LR, rampdown: float = 0.25, 
 class Editor:
     """`Editor(generator, segmenter, encoder=None, lpips=None)`; see the module docstring.
 
-    `progress`: draw a progress bar on stderr during optimizing calls (default: when stderr is a terminal).
+    `progress`: draw a tqdm progress bar on stderr during optimizing calls (None, the default: only when stderr
+    is a terminal; True: always).
     `noise_mode`: the generator's noise during editing ("const", the stored noise, as EditGAN).
     `learn_lr`: Adam's learning rate in `learn_vector` and `refine` (EditGAN's 0.02 for trained generators).
     """
@@ -80,7 +82,7 @@ class Editor:
         self.segmenter = _frozen_copy(segmenter)
         self.encoder = _frozen_copy(encoder) if encoder is not None else None
         self.lpips = _frozen_copy(lpips) if lpips is not None else None
-        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.progress = enabled(progress)
         self.noise_mode = noise_mode
         self.learn_lr = learn_lr
         self.fingerprint = generator.fingerprint()
@@ -347,7 +349,7 @@ class Editor:
         """Project a real image (path, PIL image, uint8 array, or tensor [3, H, W] in [-1, 1]) into w+."""
         target, note = io.fit_to_resolution(io.image_to_tensor(image), self.generator.resolution)
         if note:
-            print(f"editgan-fast: embed: {note} to match the generator", file=sys.stderr)
+            log.warning("embed: %s to match the generator", note)  # the input was changed: say so even when quiet
         target = target[None].to(self.device)
         target01 = (target + 1) / 2
         g = self.generator
