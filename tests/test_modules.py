@@ -185,3 +185,20 @@ def test_default_editors_are_independent():
     assert b.segmenter.members[0].weights[0].dtype == torch.float32
     assert torch.equal(b.render(latent).image, before.image)
     assert default_editor(trained=False).generator.input.input.dtype == torch.float32
+
+
+def test_editors_over_one_segmenter_share_its_packed_views(tmp_path):
+    """The backends cache packed classifier weights by the views' identity: editors' frozen copies (shared
+    storage) keep the same views, a real deep copy or a moved copy gets its own."""
+    import copy
+    import pickle
+    g, seg = _editor_models(tmp_path)
+    seg.eval()  # how a loaded segmenter arrives
+    a, b = Editor(g, seg), Editor(g, seg)
+    assert a.segmenter.members is b.segmenter.members is seg.members
+    deep = copy.deepcopy(seg)
+    assert deep.members is not seg.members
+    assert deep.members[0].weights[0].data_ptr() != seg.members[0].weights[0].data_ptr()
+    assert pickle.loads(pickle.dumps(seg)).members[0].weights[0].data_ptr() != seg.members[0].weights[0].data_ptr()
+    a.to(torch.float64)
+    assert a.segmenter.members is not seg.members and b.segmenter.members is seg.members

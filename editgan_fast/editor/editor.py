@@ -396,7 +396,9 @@ def _frozen_copy(module):
     moved (`.to()` replaces a copy's tensors, never the original's)."""
     memo = {id(t): t for t in module.buffers()}
     memo.update({id(p): torch.nn.Parameter(p.detach(), requires_grad=False) for p in module.parameters()})
-    return copy.deepcopy(module, memo).eval()
+    frozen = copy.deepcopy(module, memo)
+    # eval() only when needed: switching modes lets a module rebuild derived state (the segmenter's views).
+    return frozen.eval() if any(m.training for m in frozen.modules()) else frozen
 
 
 def _scale_matrix(vectors: dict) -> tuple[torch.Tensor, bool]:
