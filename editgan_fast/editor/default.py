@@ -113,5 +113,6 @@ def default_editor(trained: bool | None = None, **editor_options) -> Editor:
         if editor is not None:
             return editor
         if trained:
-            raise FileNotFoundError("no trained default model is bundled in editgan_fast/assets yet")
+            from ..assets import MANIFEST, BundledModelError, RESTORE
+            raise BundledModelError(f"the bundled trained model is missing ({MANIFEST} is absent); {RESTORE}")
     return random_editor(0, **editor_options)

@@ -23,6 +23,7 @@ import torch
 
 from ..ops.seg_head import MODES, PixelMLP, crop_box, seg_head, upsample_feature
 from ..errors import InputValueError
+from .checks import check_classifier
 from .errors import CheckpointError
 
 _LINEAR = (0, 3, 6)   # indices of the Linear layers in `layers`
@@ -341,6 +342,7 @@ def load_segmenter(paths, generator, out_size=None, crop=None, upsample="bilinea
     members, first = [], None
     for path in _classifier_paths(paths):
         m = classifier_from_state_dict(_read_state_dict(path), path)
+        check_classifier(m, path)
         if m.in_features != dim:
             raise CheckpointError(
                 f"classifier file {path} takes {m.in_features} input features, but the generator's feature "
