@@ -58,13 +58,14 @@ def test_segmenter_to_and_repr(tmp_path, stub):
     assert "out_size=(16, 16)" in text and "num_classes=5" in text and "BatchNorm1d(128" in text
 
 
-@pytest.mark.parametrize("use_region", [False, True])
+@pytest.mark.parametrize("use_region", [False, "mask", "indices"])
 def test_module_path_matches_the_op(tmp_path, stub, use_region):
     """The train-mode path (the classifiers as modules) with its BatchNorms switched to running statistics
     computes what the seg_head op computes."""
     seg = loaded(tmp_path / "a", stub, seed=3, crop=(3, 13, 1, 16)).double()
     features = stub.random_features(2, seed=6, dtype=torch.float64)
-    region = (torch.rand(10, 15, generator=torch.Generator().manual_seed(0)) < 0.3) if use_region else None
+    mask = torch.rand(10, 15, generator=torch.Generator().manual_seed(0)) < 0.3
+    region = {False: None, "mask": mask, "indices": mask.flatten().nonzero()[:, 0]}[use_region]
     with use_backend("reference"):
         want = seg.logits(features, region=region)
         seg.train()
@@ -72,7 +73,7 @@ def test_module_path_matches_the_op(tmp_path, stub, use_region):
             if isinstance(m, torch.nn.BatchNorm1d):
                 m.eval()
         got = seg.logits(features, region=region)
-    assert got.shape == want.shape == ((2, 5, int(region.sum())) if use_region else (2, 5, 10, 15))
+    assert got.shape == want.shape == (2, 5, *((int(mask.sum()),) if use_region else (10, 15)))
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 

@@ -212,8 +212,9 @@ class Segmenter(torch.nn.Module):
         y0, y1, x0, x1 = crop_box(self.out_size, self.crop)
         stack = torch.cat([upsample_feature(f, self.out_size, mode)[:, :, y0:y1, x0:x1] for f in features], 1)
         pixels = stack.permute(0, 2, 3, 1)                      # [N, h, w, D]
-        if region is not None:
-            pixels = pixels[:, region.to(stack.device)]          # [N, P, D]
+        if region is not None:  # a bool mask [h, w] or flat row-major pixel indices, as seg_head takes it
+            region = region.to(stack.device)
+            pixels = pixels[:, region] if region.dtype == torch.bool else pixels.flatten(1, 2)[:, region]  # [N,P,D]
         flat = pixels.reshape(-1, dim)
         logits = sum(c(flat) for c in self.classifiers) / len(self.classifiers)
         return logits.reshape(*pixels.shape[:-1], self.num_classes).movedim(-1, 1)
