@@ -90,7 +90,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def _progress(args) -> bool | None:
-    """False (--quiet), True (--progress), or None: bars only when stderr is a terminal."""
+    """False (--quiet), True (--progress), or None: bars only when stderr is a terminal (editor.progress.enabled)."""
     return False if args.quiet else (True if args.progress else None)
 
 
@@ -359,12 +359,13 @@ def cmd_batch(args):
     job = batch.BatchJob.create(items, args.vectors, scales, shard_size=args.shard_size,
                                 batch_size=args.batch_size, embed_steps=args.embed_steps,
                                 truncation=args.truncation)
+    from .editor.progress import enabled
     if args.ray is not None:
         from .batch.on_ray import run_ray
         return run_ray(functools.partial(build_editor, args), job, args.out,
                        address=None if args.ray == "local" else args.ray, actors=args.actors,
-                       num_gpus=args.gpus_per_actor, progress=not args.quiet)
-    return batch.run_local(build_editor(args), job, args.out, progress=not args.quiet)
+                       num_gpus=args.gpus_per_actor, progress=enabled(_progress(args)))
+    return batch.run_local(build_editor(args), job, args.out, progress=enabled(_progress(args)))
 
 
 def _add_batch_command(command) -> None:
