@@ -69,7 +69,7 @@ class PixelClassifier(torch.nn.Module):
         lin = [self.layers[i] for i in _LINEAR]
         bns = [self.layers[i] for i in _BATCHNORM]
         if bns[0].eps != bns[1].eps:
-            raise ValueError(f"the seg_head op needs one BatchNorm eps per classifier, got {bns[0].eps} and "
+            raise InputValueError(f"the seg_head op needs one BatchNorm eps per classifier, got {bns[0].eps} and "
                              f"{bns[1].eps}")
         return PixelMLP(weights=tuple(m.weight.detach() for m in lin), biases=tuple(m.bias.detach() for m in lin),
                         bn_mean=tuple(b.running_mean.detach() for b in bns),
