@@ -12,13 +12,14 @@ import argparse
 import contextlib
 import functools
 import json
+import logging
 import sys
 import warnings
 from pathlib import Path
 
 import torch
 
-from . import io
+from . import __version__, io
 from .backend import set_backend
 from .errors import EditGANFastError, FileFormatError, InputValueError, OptimizationInterrupted
 
@@ -83,7 +84,38 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--random-model", action="store_true",
                    help="use the untrained random default model instead of the bundled trained one")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, and warnings only")
+    p.add_argument("--progress", action="store_true",
+                   help="progress bars even when stderr is not a terminal (a log file, a pipe)")
+
+
+def _progress(args) -> bool | None:
+    """False (--quiet), True (--progress), or None: bars only when stderr is a terminal (editor.progress.enabled)."""
+    return False if args.quiet else (True if args.progress else None)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a message comes (it may be replaced after the handler is made)."""
+
+    def __init__(self):
+        super().__init__()
+        self.setFormatter(logging.Formatter("editgan-fast: %(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
+def _configure_logging(quiet: bool) -> None:
+    """The package's messages (logger "editgan_fast") as `editgan-fast: ...` lines on stderr."""
+    logger = logging.getLogger("editgan_fast")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler())
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
 def build_editor(args):
@@ -91,7 +123,7 @@ def build_editor(args):
     device = _device(args.device)
     if args.backend != "auto":
         set_backend(args.backend)
-    progress = not args.quiet
+    progress = _progress(args)
     if args.checkpoint is None:
         if args.segmenter or args.encoder:
             raise UsageError("--segmenter/--encoder need the --checkpoint of the generator they belong to")
@@ -288,7 +320,7 @@ def cmd_demo(args):
     if args.backend != "auto":
         set_backend(args.backend)
     return run_demo(Path(args.out), steps=args.steps, refine_steps=args.refine_steps, repeats=args.repeats,
-                    progress=not args.quiet)
+                    progress=_progress(args))
 
 
 def cmd_serve(args):
@@ -352,12 +384,13 @@ def cmd_batch(args):
                                 truncation=args.truncation)
     if args.ray is None and (args.actors or args.gpus_per_actor):
         raise UsageError("--actors and --gpus-per-actor need --ray")
+    from .editor.progress import enabled
     if args.ray is not None:
         from .batch.on_ray import run_ray
         return run_ray(functools.partial(build_editor, args), job, args.out,
                        address=None if args.ray == "local" else args.ray, actors=args.actors,
-                       num_gpus=args.gpus_per_actor, progress=not args.quiet)
-    return batch.run_local(build_editor(args), job, args.out, progress=not args.quiet)
+                       num_gpus=args.gpus_per_actor, progress=enabled(_progress(args)))
+    return batch.run_local(build_editor(args), job, args.out, progress=enabled(_progress(args)))
 
 
 def _add_batch_command(command) -> None:
@@ -384,6 +417,7 @@ def _add_batch_command(command) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="editgan-fast", description="EditGAN-style semantic image editing")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name, fn, help_):
@@ -463,6 +497,7 @@ def _error(message) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    _configure_logging(getattr(args, "quiet", False))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore" if args.quiet else "default")

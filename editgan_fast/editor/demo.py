@@ -85,7 +85,7 @@ def format_table(rows: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(out: Path, steps: int = 40, refine_steps: int = 15, repeats: int = 3, progress: bool = True) -> dict:
+def run_demo(out: Path, steps: int = 40, refine_steps: int = 15, repeats: int = 3, progress: bool | None = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     timings = {}
     start = time.perf_counter()

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 import math
-import sys
 import threading
 import warnings
 import weakref
@@ -26,10 +26,11 @@ import torch.nn.functional as F
 from .. import io, limits
 from ..errors import InputValueError, NonFiniteLoss, OptimizationInterrupted
 from . import losses
-from .progress import ProgressBar
+from .progress import ProgressBar, enabled
 from .seeds import seed_z
 from .vectors import EditVector, wplus_matrix
 
+log = logging.getLogger(__name__)  # under "editgan_fast", which the CLI configures
 StepCallback = Callable[[int, dict, torch.Tensor], None]
 LEARN_LR = 0.02          # EditGAN's editing optimizer (Adam, constant)
 EMBED_PEAK_LR = 0.1      # EditGAN's embedding optimizer (Adam, cosine ramp, get_lr(t, 0.1))
@@ -67,7 +68,8 @@ def embedding_lr(t: float, peak: float = EMBED_PEAK_LR, rampdown: float = 0.25, 
 class Editor:
     """`Editor(generator, segmenter, encoder=None, lpips=None)`; see the module docstring.
 
-    `progress`: draw a progress bar on stderr during optimizing calls (default: when stderr is a terminal).
+    `progress`: draw a tqdm progress bar on stderr during optimizing calls (None, the default: only when stderr
+    is a terminal; True: always).
     `noise_mode`: the generator's noise during editing ("const", the stored noise, as EditGAN).
     `learn_lr`: Adam's learning rate in `learn_vector` and `refine` (EditGAN's 0.02 for trained generators).
     """
@@ -82,7 +84,7 @@ class Editor:
         self.segmenter = _frozen_copy(segmenter)
         self.encoder = _frozen_copy(encoder) if encoder is not None else None
         self.lpips = _frozen_copy(lpips) if lpips is not None else None
-        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.progress = enabled(progress)
         self.noise_mode = noise_mode
         self.learn_lr = learn_lr
         self.fingerprint = generator.fingerprint()
@@ -108,8 +110,9 @@ class Editor:
             module = getattr(self, name)
             if module is not None:
                 setattr(self, name, module.to(*args, **kwargs))
-        self._latent_styles.clear()
-        self._vector_styles.clear()
+        with self._cache_lock:
+            self._latent_styles.clear()
+            self._vector_styles.clear()
         return self
 
     def latent(self, wplus) -> Latent:
@@ -376,7 +379,7 @@ class Editor:
         """Project a real image (path, PIL image, uint8 array, or tensor [3, H, W] in [-1, 1]) into w+."""
         target, note = io.fit_to_resolution(io.image_to_tensor(image), self.generator.resolution)
         if note:
-            print(f"editgan-fast: embed: {note} to match the generator", file=sys.stderr)
+            log.warning("embed: %s to match the generator", note)  # the input was changed: say so even when quiet
         target = target[None].to(self.device)
         target01 = (target + 1) / 2
         g = self.generator
@@ -423,7 +426,9 @@ def _frozen_copy(module):
     moved (`.to()` replaces a copy's tensors, never the original's)."""
     memo = {id(t): t for t in module.buffers()}
     memo.update({id(p): torch.nn.Parameter(p.detach(), requires_grad=False) for p in module.parameters()})
-    return copy.deepcopy(module, memo).eval()
+    frozen = copy.deepcopy(module, memo)
+    # eval() only when needed: switching modes lets a module rebuild derived state (the segmenter's views).
+    return frozen.eval() if any(m.training for m in frozen.modules()) else frozen
 
 
 def _scale_matrix(vectors: dict) -> tuple[torch.Tensor, bool]:

@@ -81,8 +81,11 @@ class _FrozenWeightCache:
         return self.value
 
     def __deepcopy__(self, memo):
-        # Derived from the weight: a copied module recomputes it instead of duplicating it.
-        return _FrozenWeightCache()
+        # Shares the cached tensors instead of duplicating them: they stay valid for a copy whose weight shares
+        # the storage (the editor's frozen copies), and a copy with its own storage misses on the data pointer.
+        copy = _FrozenWeightCache()
+        copy.key, copy.value = self.key, self.value
+        return copy
 
 
 class ModulatedConv2d(torch.nn.Module):
