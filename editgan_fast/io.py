@@ -274,7 +274,7 @@ def read_npy(f, size: int, what: str, already: int = 0) -> np.ndarray:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
         else:
             raise ValueError(f".npy format version {version} is not supported")
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError, struct.error) as e:
+    except Exception as e:  # numpy's header parser raises many types (tokenize errors among them) on bad text
         raise FileFormatError(f"{what} is not a NumPy .npy array: {type(e).__name__}: {e}") from None
     if dtype.hasobject:
         raise FileFormatError(f"{what} holds Python objects ({dtype}); only numeric arrays are read (never pickles)")
