@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import sys
 import warnings
@@ -290,6 +291,72 @@ def cmd_demo(args):
                     progress=not args.quiet)
 
 
+def cmd_serve(args):
+    import uvicorn
+    from .serve import create_app
+    editor = build_editor(args)
+    editor.progress = False  # jobs report progress through the API, not on the server's stderr
+    app = create_app(editor, library_dir=args.library, class_names=_bundled_class_names(args))
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", ws="websockets-sansio")
+    return {}
+
+
+def _bundled_class_names(args):
+    """The bundled model's class names (for the page's brushes), or None with other weights."""
+    from . import assets
+    return assets.manifest()["classes"] if args.checkpoint is None and assets.available() else None
+
+
+def _add_serve_parser(command) -> None:
+    p = command("serve", cmd_serve, "the editing service and its page (http://HOST:PORT/)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--library", default="editgan-vectors", help="directory of the vector library (created)")
+
+
+def cmd_batch(args):
+    from . import batch
+    items = (batch.seed_items(args.seeds) if args.seeds is not None else
+             batch.latent_items(args.latents) if args.latents is not None else batch.photo_items(args.photos))
+    scales = []
+    for text in args.scales or ["1"]:
+        try:
+            scales.append([float(v) for v in text.split(",")])
+        except ValueError:
+            raise UsageError(f"--scales takes comma-separated numbers, got {text!r}") from None
+    job = batch.BatchJob.create(items, args.vectors, scales, shard_size=args.shard_size,
+                                batch_size=args.batch_size, embed_steps=args.embed_steps,
+                                truncation=args.truncation)
+    if args.ray is not None:
+        from .batch.on_ray import run_ray
+        return run_ray(functools.partial(build_editor, args), job, args.out,
+                       address=None if args.ray == "local" else args.ray, actors=args.actors,
+                       num_gpus=args.gpus_per_actor, progress=not args.quiet)
+    return batch.run_local(build_editor(args), job, args.out, progress=not args.quiet)
+
+
+def _add_batch_command(command) -> None:
+    p = command("batch", cmd_batch, "edit many latents with a vector library into resumable WebDataset shards")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--seeds", help="seed ranges, e.g. 0-999 or 0-9,20")
+    source.add_argument("--latents", help="folder of w+ latents (.npy / .npz)")
+    source.add_argument("--photos", help="folder of images, embedded first (--embed-steps)")
+    p.add_argument("--vectors", required=True, help="vector library (.npz, one or many vectors)")
+    p.add_argument("--scales", action="append",
+                   help="comma-separated scales: once (each vector alone at each scale) or once per vector "
+                        "(the grid of all combinations); default 1")
+    p.add_argument("--out", required=True, help="output folder (shards + manifest.json); a rerun resumes")
+    p.add_argument("--shard-size", type=int, default=64, help="items per shard (each with all its settings)")
+    p.add_argument("--batch-size", type=int, default=8, help="latents per synthesis (each with all settings)")
+    p.add_argument("--embed-steps", type=int, default=100)
+    p.add_argument("--truncation", type=float, default=0.7)
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run as a Ray Data pipeline: on a new local Ray instance, or on the cluster at ADDRESS "
+                        "(e.g. auto or ray://head:10001)")
+    p.add_argument("--actors", type=int, help="with --ray: model-holding actors (default: one per CPU/GPU)")
+    p.add_argument("--gpus-per-actor", type=float, default=0, help="with --ray: GPUs per actor (e.g. 1 or 0.5)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="editgan-fast", description="EditGAN-style semantic image editing")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -349,6 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("bench", cmd_bench, "latency per stage (median of --repeats runs)")
     p.add_argument("--repeats", type=int, default=5)
+
+    _add_serve_parser(command)
+    _add_batch_command(command)
     return parser
 
 

@@ -233,7 +233,12 @@ def save_labels(path, labels) -> Path:
 
 def load_labels(path, num_classes: int | None = None, size: tuple[int, int] | None = None) -> torch.Tensor:
     """Read a label map as int64 [H, W]; check it has `size` (h, w) and only ids < `num_classes` when given."""
-    im = _open(path)
+    return labels_from_image(_open(path), num_classes, size, str(path))
+
+
+def labels_from_image(im: Image.Image, num_classes: int | None = None, size: tuple[int, int] | None = None,
+                      what: str = "label map") -> torch.Tensor:
+    """`load_labels` for an image already open (e.g. an upload held in memory); `what` names it in errors."""
     if im.mode == "P" or im.mode == "L":
         labels = np.array(im, dtype=np.int64)
     elif im.mode in ("RGB", "RGBA"):
@@ -244,13 +249,13 @@ def load_labels(path, num_classes: int | None = None, size: tuple[int, int] | No
         unknown = [c for c in colours if int(c) not in lookup]
         if unknown:
             c = int(unknown[0])
-            raise FileFormatError(f"{path}: colour {(c >> 16, (c >> 8) & 255, c & 255)} is not in the label palette "
+            raise FileFormatError(f"{what}: colour {(c >> 16, (c >> 8) & 255, c & 255)} is not in the label palette "
                              f"(see editgan_fast.io.PALETTE); paint label maps with the palette's exact colours")
         labels = np.array([lookup[int(c)] for c in colours], dtype=np.int64)[inverse].reshape(code.shape)
     else:
-        raise FileFormatError(f"{path}: label maps must be palette, grayscale or RGB PNGs, got mode {im.mode}")
+        raise FileFormatError(f"{what}: label maps must be palette, grayscale or RGB PNGs, got mode {im.mode}")
     labels = torch.from_numpy(labels)
-    check_labels(labels, num_classes, size, str(path))
+    check_labels(labels, num_classes, size, what)
     return labels
 
 

@@ -81,7 +81,8 @@ def random_segmenter(generator, seed: int = 0):
 
 @functools.lru_cache(maxsize=2)
 def _random_models(seed: int):
-    # Built once per process and seed: the models are frozen, and each Editor around them keeps its own caches.
+    # Built once per process and seed. Every Editor works on its own frozen copies of them (sharing the weights'
+    # storage, copied only when that editor moves them), so editors never affect each other.
     generator = random_generator(seed)
     return generator, random_segmenter(generator, seed)
 

@@ -45,8 +45,8 @@ def torch_load(path, what: str = "checkpoint"):
 
 
 def check_classifier(classifier, path) -> None:
-    """A loaded pixel classifier (PixelMLP) has at least one class and no empty layer."""
-    widths = [w.shape[0] for w in classifier.weights]
+    """A loaded pixel classifier (a PixelClassifier module) has at least one class and no empty layer."""
+    widths = [m.out_features for m in classifier.modules() if isinstance(m, torch.nn.Linear)]
     if classifier.num_classes < 1 or min(widths) < 1:
         raise CheckpointError(f"classifier file {path} has an empty layer (layer widths {widths}): a segmenter "
                               f"needs at least one class")

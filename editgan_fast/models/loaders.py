@@ -48,14 +48,15 @@ def generator_from_state_dict(sd, latent_avg=None, source="state dict", conv_cla
     except (ValueError, RuntimeError, TypeError, IndexError, KeyError) as e:
         raise CheckpointError(f"{source}: its shapes describe no valid generator: {type(e).__name__}: {e}") from None
     expected = g.state_dict()
-    missing = sorted(set(expected) - set(sd))
+    optional = {"latent_avg"}  # ours, persistent; rosinality keeps it outside g_ema
+    missing = sorted(set(expected) - set(sd) - optional)
     unexpected = sorted(set(sd) - set(expected))
     if missing or unexpected:
         raise CheckpointError(f"{source}: keys do not match the inferred {g.resolution}px generator; "
                               f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
                               f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
     for k, v in expected.items():
-        if tuple(sd[k].shape) != tuple(v.shape):
+        if k in sd and tuple(sd[k].shape) != tuple(v.shape):
             raise CheckpointError(f"{source}: {k} has shape {tuple(sd[k].shape)}, expected {tuple(v.shape)}")
     g.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
     if latent_avg is not None:
