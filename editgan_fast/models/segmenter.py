@@ -23,6 +23,7 @@ import torch
 
 from ..ops.seg_head import MODES, PixelMLP, crop_box, seg_head, upsample_feature
 from ..errors import InputValueError
+from ..io import atomic_write
 from .checks import check_classifier, torch_load
 from .errors import CheckpointError
 
@@ -230,7 +231,8 @@ def save_classifier(m, path, data_parallel: bool = True) -> None:
     if eps != {_BN_EPS}:
         raise ValueError(f"EditGAN's format cannot record BatchNorm eps={sorted(eps)} (it is always {_BN_EPS})")
     prefix = "module." if data_parallel else ""
-    torch.save({"model_state_dict": {prefix + k: v for k, v in classifier_state_dict(m).items()}}, path)
+    with atomic_write(path) as f:
+        torch.save({"model_state_dict": {prefix + k: v for k, v in classifier_state_dict(m).items()}}, f)
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
