@@ -117,7 +117,7 @@ class Editor:
 
     def latent(self, wplus) -> Latent:
         """Wrap and check a w+ tensor for this generator."""
-        latent = wplus if isinstance(wplus, Latent) else Latent(torch.as_tensor(wplus))
+        latent = wplus if isinstance(wplus, Latent) else Latent(_tensor(wplus, "the latent (a Latent or w+ tensor)"))
         want = (self.generator.num_ws, self.generator.style_dim)
         if tuple(latent.wplus.shape) != want:
             raise ValueError(f"this generator's latents are w+ of shape {list(want)}, got "
@@ -133,11 +133,7 @@ class Editor:
         if isinstance(seed_or_z, int):
             z = seed_z(seed_or_z, g.style_dim)
         else:
-            try:
-                z = torch.as_tensor(seed_or_z, dtype=torch.float32).reshape(1, -1)
-            except (TypeError, ValueError, RuntimeError):
-                raise InputValueError(f"seed_or_z must be an int seed or a z of {g.style_dim} numbers, got "
-                                      f"{type(seed_or_z).__name__}") from None
+            z = _tensor(seed_or_z, "seed_or_z (an int seed or a z)", torch.float32).reshape(1, -1)
             if z.shape[1] != g.style_dim or not torch.isfinite(z).all():
                 raise InputValueError(f"z must have {g.style_dim} finite entries, got {z.shape[1]}"
                                       + ("" if torch.isfinite(z).all() else " with NaN or Inf"))
@@ -226,6 +222,9 @@ class Editor:
         (latent, {vector: scale or [B_i] scales}); the result stacks every item's rows in order (images
         [Σ B_i, 3, H, W], labels [Σ B_i, h, w]), each row equal to what `apply` gives for it alone.
         `labels=False` skips the segmentation (labels None): an image-only preview, e.g. while a slider moves."""
+        if isinstance(items, (str, bytes)) or not hasattr(items, "__iter__"):
+            raise InputValueError(f"apply_many takes a sequence of (latent, {{vector: scale}}) pairs, got "
+                                  f"{type(items).__name__}")
         items = list(items)
         if not items:
             raise ValueError("apply_many needs at least one (latent, vectors) item")
@@ -305,7 +304,7 @@ class Editor:
         """(objective, edited classes) of an edit of `latent` to `edited_labels`."""
         latent = self.latent(latent)
         original, _ = self.segment(latent)
-        edited = torch.as_tensor(edited_labels)
+        edited = _tensor(edited_labels, "the edited label map")
         if edited.is_floating_point():
             raise ValueError(f"the edited label map must hold integer class ids, got {edited.dtype}")
         edited = edited.to(torch.int64)
@@ -420,6 +419,14 @@ def _check_finite(label: str, finite: torch.Tensor, best: torch.Tensor, step: in
                             f"scales) are out of range for this generator", best=best.detach().clone(), step=step)
 
 
+def _tensor(value, what: str, dtype=None) -> torch.Tensor:
+    """torch.as_tensor(value), or an InputValueError naming `what` for a value no tensor can hold."""
+    try:
+        return torch.as_tensor(value, dtype=dtype)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        raise InputValueError(f"{what} must be a tensor or numbers, got {type(value).__name__}") from None
+
+
 def _frozen_copy(module):
     """The module in eval mode without gradients, leaving the caller's module as it was: a copy whose parameters
     are new Parameter objects over the same storage (no weight is duplicated) and whose buffers are shared until
@@ -435,7 +442,7 @@ def _scale_matrix(vectors: dict) -> tuple[torch.Tensor, bool]:
     """{vector: scale or [B] scales} -> ([B, K] float32, whether a batch was asked for)."""
     columns, lengths = [], set()
     for vector, scale in vectors.items():
-        s = torch.as_tensor(scale, dtype=torch.float32)
+        s = _tensor(scale, f"the scale of {getattr(vector, 'name', vector)!r}", torch.float32)
         if s.ndim > 1 or not torch.isfinite(s).all():
             raise ValueError(f"the scale of {getattr(vector, 'name', vector)!r} must be a finite number or a 1-D "
                              f"sequence of them")

@@ -23,7 +23,8 @@ import torch
 
 from ..ops.seg_head import MODES, PixelMLP, crop_box, seg_head, upsample_feature
 from ..errors import InputValueError
-from .checks import check_classifier
+from ..io import atomic_write
+from .checks import check_classifier, torch_load
 from .errors import CheckpointError
 
 _LINEAR = (0, 3, 6)   # indices of the Linear layers in `layers`
@@ -256,17 +257,12 @@ def save_classifier(m, path, data_parallel: bool = True) -> None:
     if eps != {_BN_EPS}:
         raise ValueError(f"EditGAN's format cannot record BatchNorm eps={sorted(eps)} (it is always {_BN_EPS})")
     prefix = "module." if data_parallel else ""
-    torch.save({"model_state_dict": {prefix + k: v for k, v in classifier_state_dict(m).items()}}, path)
+    with atomic_write(path) as f:
+        torch.save({"model_state_dict": {prefix + k: v for k, v in classifier_state_dict(m).items()}}, f)
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise CheckpointError(f"classifier file {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for non-torch or unsafe files
-        raise CheckpointError(f"classifier file {path} is not a PyTorch checkpoint that loads with "
-                              f"weights_only=True: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+    obj = torch_load(path, "classifier file")
     if isinstance(obj, dict) and "model_state_dict" in obj:
         obj = obj["model_state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
