@@ -65,10 +65,12 @@ class Editor:
     `progress`: draw a progress bar on stderr during optimizing calls (default: when stderr is a terminal).
     `noise_mode`: the generator's noise during editing ("const", the stored noise, as EditGAN).
     `learn_lr`: Adam's learning rate in `learn_vector` and `refine` (EditGAN's 0.02 for trained generators).
+    `compile`: run apply's synthesis + segmentation as one torch.compile(fullgraph=True) graph, compiled at the
+    first call per batch size under the backend selected then (True: inductor; or a torch.compile backend name).
     """
 
     def __init__(self, generator, segmenter, encoder=None, lpips=None, progress: bool | None = None,
-                 noise_mode: str = "const", learn_lr: float = LEARN_LR):
+                 noise_mode: str = "const", learn_lr: float = LEARN_LR, compile: bool | str = False):
         dim = sum(int(c) for c in generator.feature_channels)
         if segmenter.in_features != dim:
             raise ValueError(f"the segmenter classifies {segmenter.in_features} feature channels, the generator's "
@@ -84,6 +86,10 @@ class Editor:
         self._latent_styles = weakref.WeakKeyDictionary()   # Latent -> styles(w)
         self._vector_styles = weakref.WeakKeyDictionary()   # EditVector -> styles(δ, bias=False)
         self._warned_no_lpips = False
+        self._render = self._render_styles
+        if compile:
+            self._render = torch.compile(self._render_styles, fullgraph=True,
+                                         backend="inductor" if compile is True else compile)
 
     # ----------------------------------------------------------------------------------------- basics
     @property
@@ -174,7 +180,7 @@ class Editor:
         """Image and labels of w+ + Σ sᵢ δᵢ. Scales are floats (one result) or equal-length sequences (a batch of
         B results, synthesized as one batch: a slider preview)."""
         styles, batched = self._edited_styles(latent, vectors)
-        result = self._render_styles(styles)
+        result = self._render(styles)
         return result if batched else Result(result.image[0], result.labels[0])
 
     @torch.no_grad()
@@ -190,7 +196,7 @@ class Editor:
             if not isinstance(item, (tuple, list)) or len(item) != 2:
                 raise ValueError(f"apply_many: item {i} must be a (latent, {{vector: scale}}) pair")
             per_item.append(self._edited_styles(*item)[0])
-        return self._render_styles([torch.cat(layer) for layer in zip(*per_item)])
+        return self._render([torch.cat(layer) for layer in zip(*per_item)])
 
     # ----------------------------------------------------------------------------------------- optimizing
     def _lpips_or_warn(self):
