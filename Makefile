@@ -29,6 +29,7 @@ demo: setup
 # Speed table (reference vs fast backends, same run), then the edit-quality benchmark at reduced size.
 bench: setup
 	$(VPY) bench/run.py
+	$(VPY) bench/compile.py
 	$(VPY) bench/edit_quality.py --reduced
 
 # The full edit-quality benchmark: 100 held-out samples, 0/10/30 refinement steps (tens of minutes on 2 cores).

@@ -63,9 +63,11 @@ class EqualLinear(torch.nn.Module):
 
 class _FrozenWeightCache:
     """Scaled weight and sum_k W^2 per dtype, keyed by the module's state: eager calls revalidate them against
-    the parameter (identity, version, device, dtype), and the module clears them when load_state_dict or .to()
-    changes it. Inside torch.compile/export the key is not traceable, so a cached value is read as it is (a
-    graph input whose identity the cpu kernels' own caches recognize) and only computed there when absent."""
+    the parameter (identity, version, device, dtype), and the module rebuilds them for the parameter's dtype
+    whenever load_state_dict or .to() changes it. Inside torch.compile/export the key is not traceable, so the
+    cached value is read as it is: a graph input whose identity the cpu kernels' caches of derived weights
+    recognize (computing it in the graph would hand them a new tensor, and a cache miss, every call). A
+    parameter changed in place by other means is seen by the next eager call, not by a compiled graph."""
 
     def __init__(self):
         self.values = {}  # dtype -> (key, (weight, wsq))
@@ -101,17 +103,21 @@ class ModulatedConv2d(torch.nn.Module):
         if upsample:
             self.blur = Blur(blur_kernel, factor=2)
         self._cache = _FrozenWeightCache()
-        self.register_load_state_dict_post_hook(ModulatedConv2d._clear_cache)
+        self._refresh_cache()
+        self.register_load_state_dict_post_hook(ModulatedConv2d._refresh_cache)
 
     def frozen(self, dtype):
         return self._cache.get(self.weight, self.scale, dtype)
 
-    def _clear_cache(self, incompatible_keys=None):
+    def _refresh_cache(self, incompatible_keys=None):
         self._cache.clear()
+        with torch.no_grad():
+            self.frozen(self.weight.dtype)
 
     def _apply(self, fn, recurse=True):
-        self._clear_cache()
-        return super()._apply(fn, recurse)
+        out = super()._apply(fn, recurse)
+        self._refresh_cache()
+        return out
 
 
 class Blur(torch.nn.Module):
