@@ -97,8 +97,8 @@ def main(argv=None):
         times = interleaved_times(lambda: synthesis(styles), lambda: compiled(styles), args.repeats)
         print(row("synthesis", times, compile_s, census, kernels))
 
-        render = editor._render_styles  # what Editor(compile=True) compiles: synthesis + segmentation
-        compiled, compile_s, census, kernels = timed_compile(render, styles)
+        render = editor._render_chunk  # what Editor(compile=True) compiles: synthesis + segmentation
+        compiled, compile_s, census, kernels = timed_compile(render, styles, True)
         editor._render = compiled
         eager = random_editor(0, progress=False)
         times = interleaved_times(lambda: eager.apply(latent, {}), lambda: editor.apply(latent, {}), args.repeats)
