@@ -72,10 +72,12 @@ class Editor:
     is a terminal; True: always).
     `noise_mode`: the generator's noise during editing ("const", the stored noise, as EditGAN).
     `learn_lr`: Adam's learning rate in `learn_vector` and `refine` (EditGAN's 0.02 for trained generators).
+    `compile`: run apply's synthesis + segmentation as one torch.compile(fullgraph=True) graph, compiled at the
+    first call per batch size under the backend selected then (True: inductor; or a torch.compile backend name).
     """
 
     def __init__(self, generator, segmenter, encoder=None, lpips=None, progress: bool | None = None,
-                 noise_mode: str = "const", learn_lr: float = LEARN_LR):
+                 noise_mode: str = "const", learn_lr: float = LEARN_LR, compile: bool | str = False):
         dim = sum(int(c) for c in generator.feature_channels)
         if segmenter.in_features != dim:
             raise ValueError(f"the segmenter classifies {segmenter.in_features} feature channels, the generator's "
@@ -92,6 +94,10 @@ class Editor:
         self._vector_styles = weakref.WeakKeyDictionary()   # EditVector -> styles(δ, bias=False)
         self._cache_lock = threading.Lock()  # the caches are shared by the threads of a server
         self._warned_no_lpips = False
+        self._render = self._render_chunk
+        if compile:
+            self._render = torch.compile(self._render_chunk, fullgraph=True,
+                                         backend="inductor" if compile is True else compile)
 
     # ----------------------------------------------------------------------------------------- basics
     @property
@@ -198,15 +204,18 @@ class Editor:
         chunk = limits.get("synthesis_batch")
         images, label_maps = [], []
         for start in range(0, rows, chunk):
-            part = [s[start:start + chunk] for s in styles]
-            if not labels:
-                images.append(self.generator.synthesis_from_styles(part, noise_mode=self.noise_mode).float())
-                continue
-            image, features = self.generator.synthesis_from_styles(part, noise_mode=self.noise_mode,
-                                                                   return_features=True)
-            images.append(image.float())
-            label_maps.append(self.segmenter.logits(features).argmax(1))
+            image, label_map = self._render([s[start:start + chunk] for s in styles], labels)
+            images.append(image)
+            label_maps.append(label_map)
         return Result(torch.cat(images), torch.cat(label_maps) if labels else None)
+
+    def _render_chunk(self, styles, labels: bool):
+        """One synthesis (image float32) and, if asked, its segmentation: what `compile` compiles."""
+        if not labels:
+            return self.generator.synthesis_from_styles(styles, noise_mode=self.noise_mode).float(), None
+        image, features = self.generator.synthesis_from_styles(styles, noise_mode=self.noise_mode,
+                                                               return_features=True)
+        return image.float(), self.segmenter.logits(features).argmax(1)
 
     @torch.no_grad()
     def apply(self, latent: Latent, vectors: dict) -> Result:
