@@ -6,18 +6,22 @@ STAMP   := $(VENV)/.setup-stamp
 # Native sources: a change rebuilds the extension on the next `make setup`.
 NATIVE  := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' 2>/dev/null) setup.py
 
-.PHONY: setup test test-full demo bench bench-quality clean
+.PHONY: setup setup-browser test test-full demo bench bench-quality serve gpu-check clean
 
 setup: $(STAMP)
 
 $(STAMP): $(NATIVE) pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
-	$(VPY) -m pip install -q --disable-pip-version-check torch==2.13.0 triton==3.8.0 numpy pillow pybind11 ninja pytest pytest-benchmark setuptools wheel
+	$(VPY) -m pip install -q --disable-pip-version-check torch==2.13.0 triton==3.8.0 numpy pillow pybind11 ninja pytest pytest-benchmark setuptools wheel build tqdm safetensors hypothesis fastapi uvicorn httpx python-multipart websockets playwright "ray[data,serve]"
 	$(VPY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
 	touch $(STAMP)
 
+# Headless Chromium for the browser test (Debian's package; Playwright drives it, no browser download).
+setup-browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
 # CI runs this. Heavy cases run at reduced size unless EDITGAN_FAST_FULL=1.
-test: setup
+test: setup setup-browser
 	$(VPY) -m pytest -q tests
 
 test-full: setup
@@ -26,14 +30,25 @@ test-full: setup
 demo: setup
 	$(VPY) -m editgan_fast.cli demo --out out
 
-# Speed table (reference vs fast backends, same run), then the edit-quality benchmark at reduced size.
+# Speed table (reference vs fast backends, same run), the edit-quality benchmark at reduced size, the service.
 bench: setup
 	$(VPY) bench/run.py
 	$(VPY) bench/edit_quality.py --reduced
+	$(VPY) bench/serve.py --seconds 3
+	$(VPY) bench/batch.py
 
 # The full edit-quality benchmark: 100 held-out samples, 0/10/30 refinement steps (tens of minutes on 2 cores).
 bench-quality: setup
 	$(VPY) bench/edit_quality.py
 
+# The editing service and its page on http://127.0.0.1:8000/ (the embedded model; vectors in ./editgan-vectors).
+serve: setup
+	$(VPY) -m editgan_fast.cli serve
+
+# On a GPU machine, with its own python3 (no venv, no installs): build, every GPU test, error-checked benchmarks,
+# a Markdown report in OUTDIR (default $$OUT). See bench/gpu_check.sh.
+gpu-check:
+	bash bench/gpu_check.sh $(or $(OUTDIR),$(OUT))
+
 clean:
-	rm -rf build *.egg-info editgan_fast/*.so
+	rm -rf build *.egg-info editgan_fast/*.so editgan_fast/_build_info.py

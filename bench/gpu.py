@@ -1,12 +1,16 @@
-"""GPU check and timing: each fast backend's kernels against the reference, then the end-to-end `apply`
-(generator + segmentation head) and one refinement step at EditGAN's car configuration
-(512 px config-f generator, 16 feature maps, crop 384x512, 32 classes, 10 ensemble members), as a table.
+"""GPU check and timing: each fast backend's kernels against the reference (error bounds per storage dtype),
+then the end-to-end `apply` (generator + segmentation head) and one refinement step, as tables. Configurations:
+EditGAN's car model (512 px config-f generator, 16 feature maps, crop 384x512, 32 classes, 10 members) and a
+1024 px face model (18 maps, no crop, 34 classes, 10 members).
 
-    python bench/gpu.py [--reps 20] [--batch 1] [--dtype float32|bfloat16]
-    python bench/gpu.py --roofline      # the paper plan: FLOPs, bytes and H100 roofline times (no GPU needed)
+    python bench/gpu.py [--config car|face1024] [--dtype float32|bfloat16] [--reps 20] [--batch 1]
+                        [--check] [--markdown report.md]
+    python bench/gpu.py --roofline      # the paper plan: FLOPs, bytes and roofline times (no GPU needed)
 
-Random weights throughout (never downloaded): timings do not depend on the values. Without a CUDA device it
-says so and exits 0. See docs/gpu-performance.md for the roofline predictions these numbers are checked against.
+--check exits 1 when an error is over its bound (fp32 storage 1e-4, bf16 5e-2, relative to max |reference|)
+or a fast backend is unavailable; bench/gpu_check.sh runs it that way. Random weights throughout (never
+downloaded): timings do not depend on the values. Without a CUDA device it says so and exits 0 (1 with --check).
+See docs/gpu-performance.md for the roofline predictions these numbers are checked against.
 """
 import argparse
 import statistics
@@ -17,11 +21,24 @@ import torch
 from editgan_fast import backend
 from editgan_fast.ops import PixelMLP, bias_act, modulated_conv2d, seg_head, setup_filter, upfirdn2d
 
-CAR = {"size": 512, "out_size": (512, 512), "crop": (64, 448, 0, 512), "classes": 32, "members": 10}
-# rosinality's config-f channel table at 512 px (channel_multiplier 2).
-CHANNELS = {4: 512, 8: 512, 16: 512, 32: 512, 64: 512, 128: 256, 256: 128, 512: 64}
-# The generator's feature maps in EditGAN order: const and conv1 at 4 px, then two convs per resolution.
-FEATURES = [(512, 4), (512, 4)] + [(CHANNELS[r], r) for r in (8, 16, 32, 64, 128, 256, 512) for _ in (0, 1)]
+# The checked configurations: EditGAN's car model and a 1024 px face model (DatasetGAN's 34 face classes).
+CONFIGS = {
+    "car": dict(size=512, out_size=(512, 512), crop=(64, 448, 0, 512), classes=32, members=10),
+    "face1024": dict(size=1024, out_size=(1024, 1024), crop=None, classes=34, members=10),
+}
+# Error bounds (max |fast - reference| / max |reference|) per storage dtype; the reference runs in fp32, TF32 off.
+BOUNDS = {"float32": 1e-4, "bfloat16": 5e-2}
+# config-f channels at resolution r (channel multiplier 2).
+CHANNELS = {4: 512, 8: 512, 16: 512, 32: 512, 64: 512, 128: 256, 256: 128, 512: 64, 1024: 32}
+
+
+def feature_shapes(size):
+    """(channels, resolution) of the generator's feature maps in EditGAN order."""
+    res = [2 ** k for k in range(3, size.bit_length())]
+    return [(CHANNELS[4], 4)] * 2 + [(CHANNELS[r], r) for r in res for _ in (0, 1)]
+
+CAR = CONFIGS["car"]
+FEATURES = feature_shapes(CAR["size"])
 
 # H100 SXM roofline assumptions (docs/gpu-performance.md): dense peaks and bandwidths, bytes per element.
 H100 = {"hbm": 3.0e12, "l2": 7.0e12, "bf16": 790e12, "tf32": 395e12, "fp32": 67e12, "launch_s": 4e-6}
@@ -145,130 +162,169 @@ def random_members(dim, classes, count, device):
                      bn_weight=(r(h1), r(h2)), bn_bias=(r(h1), r(h2))) for _ in range(count)]
 
 
-def kernel_cases(device, batch, feature_shapes, members):
-    """(name, thunk running the op under the current backend) at the car model's largest shapes."""
-    x512 = torch.randn(batch, 64, 512, 512, device=device)
-    b64 = torch.randn(64, device=device)
-    rgb256 = torch.randn(batch, 3, 256, 256, device=device)
+def kernel_cases(device, batch, config, members):
+    """(name, thunk running the op under the current backend) at the configuration's largest shapes."""
+    size = config["size"]
+    top, half = CHANNELS[size], CHANNELS[size // 2]
+    x = torch.randn(batch, top, size, size, device=device)
+    b = torch.randn(top, device=device)
+    rgb = torch.randn(batch, 3, size // 2, size // 2, device=device)
     f = setup_filter([1, 3, 3, 1], device=device)
-    x256 = torch.randn(batch, 128, 256, 256, device=device)
-    w = torch.randn(64, 128, 3, 3, device=device) / (128 * 9) ** 0.5
-    styles = torch.randn(batch, 128, device=device)
+    xh = torch.randn(batch, half, size // 2, size // 2, device=device)
+    w = torch.randn(top, half, 3, 3, device=device) / (half * 9) ** 0.5
+    styles = torch.randn(batch, half, device=device)
     wsq = w.square().sum([2, 3])
-    feats = [torch.randn(batch, c, r, r, device=device) for c, r in feature_shapes]
+    feats = [torch.randn(batch, c, r, r, device=device) for c, r in feature_shapes(size)]
+    out_size, crop = config["out_size"], config["crop"]
     return [
-        ("bias_act lrelu [N,64,512,512]", lambda: bias_act(x512, b64, act="lrelu", clamp=256)),
-        ("upfirdn2d skip up [N,3,256,256]", lambda: upfirdn2d(rgb256, f, up=2, padding=(2, 1, 2, 1), gain=4)),
-        ("upfirdn2d blur [N,64,512,512]", lambda: upfirdn2d(x512, f, padding=(1, 2, 1, 2))),
-        ("modulated_conv2d up 128->64 @256", lambda: modulated_conv2d(x256, w, styles, up=2, resample_filter=f,
-                                                                       wsq=wsq, act="lrelu")),
-        ("seg_head car (bilinear)", lambda: seg_head(feats, members, CAR["out_size"], crop=CAR["crop"])),
+        (f"bias_act lrelu [N,{top},{size},{size}]", lambda: bias_act(x, b, act="lrelu", clamp=256)),
+        (f"upfirdn2d skip up [N,3,{size // 2},{size // 2}]",
+         lambda: upfirdn2d(rgb, f, up=2, padding=(2, 1, 2, 1), gain=4)),
+        (f"upfirdn2d blur [N,{top},{size},{size}]", lambda: upfirdn2d(x, f, padding=(1, 2, 1, 2))),
+        (f"modulated_conv2d up {half}->{top} @{size}",
+         lambda: modulated_conv2d(xh, w, styles, up=2, resample_filter=f, wsq=wsq, act="lrelu")),
+        ("seg_head (bilinear)", lambda: seg_head(feats, members, out_size, crop=crop)),
     ]
 
 
-def check_kernels(device, batch, dtype, reps, feature_shapes, members):
+def check_kernels(device, batch, dtype_name, reps, config, members, backends):
+    """Rows (case, backend, rel err or None, ms) of every kernel case on the reference and each backend."""
     rows = []
-    cases = kernel_cases(device, batch, feature_shapes, members)
+    dtype = getattr(torch, dtype_name)
     with torch.no_grad():
-        for name, fn in cases:
+        for name, fn in kernel_cases(device, batch, config, members):
             with backend.use_backend("reference"):
                 ref = fn()
                 ref_ms = cuda_time_ms(fn, reps)
-            rows.append((name, "reference", 0.0, ref_ms))
-            for b in ("triton", "cuda"):
-                if not backend.available(b):
-                    rows.append((name, b, float("nan"), float("nan")))
-                    continue
+            rows.append((name, "reference", None, ref_ms))
+            for b in backends:
                 with backend.use_backend(b, dtype=dtype):
                     got = fn()
                     ms = cuda_time_ms(fn, reps)
                 rows.append((name, b, rel_error(got, ref), ms))
+            del ref
+            torch.cuda.empty_cache()
     return rows
 
 
-def end_to_end(device, batch, dtype, reps, name):
+def end_to_end(device, batch, dtype_name, reps, config, name):
+    """Rows (stage, backend, rel err of the image against the reference or None, ms): `apply` (generator + seg
+    head, then argmax) and one refinement step (EditGAN's loss on a region, backward, Adam)."""
     from editgan_fast.models.generator import Generator
 
-    gen = Generator(CAR["size"]).to(device).eval().requires_grad_(False)
-    with torch.no_grad():
-        feats = gen.synthesis(torch.randn(batch, gen.num_ws, gen.style_dim, device=device), return_features=True)[1]
-    members = random_members(sum(f.shape[1] for f in feats), CAR["classes"], CAR["members"], device)
+    dtype = getattr(torch, dtype_name)
+    torch.manual_seed(0)
+    gen = Generator(config["size"]).to(device).eval().requires_grad_(False)
+    dim = sum(c for c, _ in feature_shapes(config["size"]))
+    members = random_members(dim, config["classes"], config["members"], device)
+    out_size, crop = config["out_size"], config["crop"]
+    y0, y1, x0, x1 = crop or (0, out_size[0], 0, out_size[1])
     wplus = gen.mean_latent().expand(batch, gen.num_ws, -1).contiguous()
     delta = 0.1 * torch.randn_like(wplus)
-    out = []
 
     def apply():
         with torch.no_grad():
             image, features = gen.synthesis(wplus + delta, return_features=True)
-            return image, seg_head(features, members, CAR["out_size"], crop=CAR["crop"]).argmax(1)
+            return image, seg_head(features, members, out_size, crop=crop).argmax(1)
 
-    target = torch.randint(0, CAR["classes"], (batch, 384, 512), device=device)
-    region = torch.zeros(384, 512, dtype=torch.bool, device=device)
-    region[100:250, 150:350] = True
+    target = torch.randint(0, config["classes"], (batch, y1 - y0, x1 - x0), device=device)
+    region = torch.zeros(y1 - y0, x1 - x0, dtype=torch.bool, device=device)
+    region[(y1 - y0) // 4:(y1 - y0) // 2, (x1 - x0) // 4:(x1 - x0) * 3 // 4] = True
+    target_in_region = target[:, region]
     latent = delta.clone().requires_grad_()
     opt = torch.optim.Adam([latent], lr=0.01)
     with torch.no_grad():
         image0 = gen.synthesis(wplus)
+    keep = (~region).float()
 
     def refine_step():
         # EditGAN's loss: cross-entropy on the edited region (nearest-upsampled features) plus an image term
         # outside it (LPIPS in the editor; a masked L2 stand-in here, since no LPIPS weights are downloaded).
         opt.zero_grad(set_to_none=True)
         image, features = gen.synthesis(wplus + latent, return_features=True)
-        logits = seg_head(features, members, CAR["out_size"], crop=CAR["crop"], mode="nearest", region=region)
-        ce = torch.nn.functional.cross_entropy(logits, target[:, region])
-        keep = (~region).float()
-        l2 = ((image - image0)[:, :, 64:448] * keep).square().mean()
+        logits = seg_head(features, members, out_size, crop=crop, mode="nearest", region=region)
+        ce = torch.nn.functional.cross_entropy(logits, target_in_region)
+        l2 = ((image - image0)[:, :, y0:y1, x0:x1] * keep).square().mean()
         (ce + l2).backward()
         opt.step()
 
+    with backend.use_backend("reference"):
+        ref_image = apply()[0]
     with backend.use_backend(name, dtype=dtype):
-        out.append((f"apply (generator + seg head), batch {batch}", name, cuda_time_ms(apply, reps)))
-        out.append((f"refinement step, batch {batch}", name, cuda_time_ms(refine_step, reps)))
-    return out
+        err = rel_error(apply()[0], ref_image)
+        rows = [(f"apply (generator + seg head), batch {batch}", name, err, cuda_time_ms(apply, reps)),
+                (f"refinement step, batch {batch}", name, None, cuda_time_ms(refine_step, reps))]
+    return rows
+
+
+class Report:
+    """Prints each table and, given a path, appends it to a Markdown file as it is produced."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def write(self, text):
+        print(text)
+        if self.path:
+            with open(self.path, "a") as f:
+                f.write(text + "\n")
+
+    def table(self, header, rows):
+        self.write("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+        for row in rows:
+            self.write("| " + " | ".join(row) + " |")
+
+
+def _err_cell(err, bound):
+    if err is None:
+        return "-"
+    return f"{err:.2e} {'ok' if err <= bound else 'OVER ' + format(bound, '.0e')}"
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--dtype", choices=tuple(BOUNDS), default="float32")
+    parser.add_argument("--config", choices=tuple(CONFIGS), default="car")
+    parser.add_argument("--markdown", help="append the tables to this Markdown file")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 when a backend is unavailable or an error exceeds its dtype's bound")
     parser.add_argument("--roofline", action="store_true", help="print the predicted H100 numbers and exit")
     args = parser.parse_args(argv)
     if args.roofline:
         return print_roofline()
     if not torch.cuda.is_available():
         print("bench/gpu.py: no CUDA device here; nothing to check or time (see docs/gpu-performance.md for "
-              "the predicted H100 numbers)")
-        return 0
+              "the predicted numbers)")
+        return 1 if args.check else 0
+    # The reference is the oracle: full fp32 products (TF32 would put its own error near the fp32 bound).
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     device = torch.device("cuda")
-    dtype = getattr(torch, args.dtype)
-    torch.backends.cuda.matmul.allow_tf32 = args.dtype == "float32"
-    torch.backends.cudnn.allow_tf32 = args.dtype == "float32"
-    print(f"device: {torch.cuda.get_device_name()}, dtype {args.dtype}, batch {args.batch}, median of {args.reps}")
-    print("backends available: " + ", ".join(f"{b}={backend.available(b)}" for b in ("triton", "cuda")))
-
-    feature_shapes = FEATURES
-    members = random_members(sum(c for c, _ in feature_shapes), CAR["classes"], CAR["members"], device)
-
-    print(f"\n{'kernel':40s} {'backend':10s} {'rel err':>10s} {'ms':>9s}")
-    for name, b, err, ms in check_kernels(device, args.batch, dtype, args.reps, feature_shapes, members):
-        print(f"{name:40s} {b:10s} {err:10.2e} {ms:9.3f}")
-
-    print(f"\n{'stage':40s} {'backend':10s} {'ms':>9s} {'target':>8s}")
-    targets = {"apply": 10.0, "refinement": 25.0}
-    for b in ("triton", "cuda"):
-        if not backend.available(b):
-            print(f"{'(end to end)':40s} {b:10s} {'unavailable':>9s}")
-            continue
-        try:
-            rows = end_to_end(device, args.batch, dtype, args.reps, b)
-        except ImportError as e:
-            print(f"end to end skipped: the generator is not importable ({e})")
-            break
-        for stage, name, ms in rows:
-            target = targets[stage.split()[0]]
-            print(f"{stage:40s} {name:10s} {ms:9.3f} {'<' if ms < target else '>='}{target:6.1f}")
+    config, bound = CONFIGS[args.config], BOUNDS[args.dtype]
+    report = Report(args.markdown)
+    backends = [b for b in ("triton", "cuda") if backend.available(b)]
+    missing = sorted({"triton", "cuda"} - set(backends))
+    report.write(f"\n#### {args.config}, {args.dtype}, batch {args.batch}, median of {args.reps} "
+                 f"({torch.cuda.get_device_name()}; error bound {bound:g}; unavailable: {missing or 'none'})")
+    members = random_members(sum(c for c, _ in feature_shapes(config["size"])), config["classes"],
+                             config["members"], device)
+    kernel_rows = check_kernels(device, args.batch, args.dtype, args.reps, config, members, backends)
+    ref_ms = {name: ms for name, b, _, ms in kernel_rows if b == "reference"}
+    report.table(("kernel", "backend", "rel err", "ms", "x reference"),
+                 [(name, b, _err_cell(err, bound), f"{ms:.3f}", f"{ref_ms[name] / ms:.2f}")
+                  for name, b, err, ms in kernel_rows])
+    stage_rows = []
+    for b in backends:
+        stage_rows += end_to_end(device, args.batch, args.dtype, args.reps, config, b)
+    report.table(("stage", "backend", "image rel err", "ms"),
+                 [(stage, b, _err_cell(err, bound), f"{ms:.3f}") for stage, b, err, ms in stage_rows])
+    errors = [err for _, _, err, _ in kernel_rows + stage_rows if err is not None]
+    over = [e for e in errors if not e <= bound]  # NaN counts as over
+    if args.check and (over or missing):
+        print(f"bench/gpu.py: FAILED: {len(over)} error(s) over {bound:g}, unavailable backends: {missing}")
+        return 1
     return 0
 
 

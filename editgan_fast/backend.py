@@ -88,9 +88,17 @@ def use_backend(name: str, dtype: torch.dtype | None = None):
 
 
 def current() -> _Selection:
+    return _Selection(*_current())
+
+
+@torch.compiler.assume_constant_result
+def _current() -> tuple:
+    """(name, dtype) of the selection. torch.compile cannot trace a ContextVar read, so a compiled graph bakes in
+    the selection made when it was traced (compile under the `use_backend` you will run it with)."""
     sel = _selection.get()
     # A thread that never called use/set_backend sees the process-wide default.
-    return sel if sel != _Selection("auto", None) else _global_default
+    sel = sel if sel != _Selection("auto", None) else _global_default
+    return sel.name, sel.dtype
 
 
 def compute_dtype(default: torch.dtype = torch.float32) -> torch.dtype:
@@ -158,19 +166,26 @@ def backend_name_for(tensor: torch.Tensor) -> str:
     return _auto_for(tensor.device) if name == "auto" else name
 
 
-def resolve(op: str, tensor: torch.Tensor):
-    """The implementation of `op` to run on `tensor` (its device decides what is usable)."""
+def resolve_name(op: str, tensor: torch.Tensor) -> str:
+    """The backend that runs `op` on `tensor` (its device decides what is usable), after fallbacks."""
     name = backend_name_for(tensor)
-    while name is not None:
-        if name == "reference":
-            return _reference_ops[op]
+    while name != "reference":
         module = _load(name)
         if tensor.device.type not in module.DEVICES:
             raise BackendUnavailable(
                 f"backend {name!r} runs on {'/'.join(sorted(module.DEVICES))} tensors, got a tensor on "
                 f"{tensor.device}; move the tensors or choose another backend")
-        fn = module.OPS.get(op)
-        if fn is not None:
-            return fn
+        if op in module.OPS:
+            return name
         name = _FALLBACK[name]
-    raise AssertionError(f"no implementation for {op}")
+    return name
+
+
+def implementation(op: str, name: str):
+    """Backend `name`'s implementation of `op` (a name from resolve_name)."""
+    return _reference_ops[op] if name == "reference" else _load(name).OPS[op]
+
+
+def resolve(op: str, tensor: torch.Tensor):
+    """The implementation of `op` to run on `tensor`."""
+    return implementation(op, resolve_name(op, tensor))

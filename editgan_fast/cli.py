@@ -1,12 +1,16 @@
 """`editgan-fast` (or `python -m editgan_fast.cli`): the editing engine on the command line.
 
-Without --checkpoint every command uses the embedded default model (editgan_fast.default_editor()).
-Bad input (a missing file, a wrong size, an unknown class id, a vector for another generator) prints one line,
-`editgan-fast: error: ...`, and exits with status 2.
+Without --checkpoint every command uses the bundled trained model (--random-model: the untrained random one).
+Every error (bad input: a missing or corrupt file, a wrong size, an unknown class id, a vector for another
+generator, a limit exceeded; and any unexpected exception, naming the file being read) prints one line,
+`editgan-fast: error: ...`, and exits with status 2. Ctrl-C exits with 130, after saving the best result so far
+of an optimizing command (embed, learn, refine) to its --out.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import sys
 import warnings
@@ -16,11 +20,51 @@ import torch
 
 from . import io
 from .backend import set_backend
-from .errors import BackendUnavailable, InputValueError
+from .errors import EditGANFastError, FileFormatError, InputValueError, OptimizationInterrupted
 
 
 class UsageError(InputValueError):
     """A combination of command-line options that does not make sense."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, after the command saved what it had (the message says where)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are the CLI's one line and status 2, like every other error."""
+
+    def error(self, message):
+        command = self.prog.removeprefix("editgan-fast").strip()
+        print(f"editgan-fast: error: {command + ': ' if command else ''}{message}", file=sys.stderr)
+        sys.exit(2)
+
+
+@contextlib.contextmanager
+def _reading(path, what: str):
+    """Turn an unexpected exception while reading `path` into a FileFormatError naming the file."""
+    try:
+        yield
+    except EditGANFastError:
+        raise
+    except Exception as e:
+        raise FileFormatError(f"{what} {path}: {type(e).__name__}: {e}") from e
+
+
+def _device(spec: str) -> torch.device:
+    """--device, checked before any model is built: a torch device this machine has."""
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError, TypeError):
+        raise UsageError(f"--device {spec!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {spec}: no CUDA device is available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise UsageError(f"--device {spec}: only cpu and cuda devices are supported")
+    return device
 
 
 # ---------------------------------------------------------------------------------------------- model options
@@ -38,23 +82,13 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="cpu", help="torch device for the models (default cpu)")
     g.add_argument("--dtype", default="fp32", choices=tuple(_DTYPES),
                    help="compute precision of the fast backends: fp32, or bf16 (bf16 storage, fp32 accumulation)")
+    g.add_argument("--random-model", action="store_true",
+                   help="use the untrained random default model instead of the bundled trained one")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16}
-
-
-def _device(name: str) -> torch.device:
-    """--device checked before anything moves there: a CUDA device needs a torch with CUDA and a visible GPU."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device {name!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
-        raise BackendUnavailable(f"--device {name}: {why} (torch {torch.__version__}); use --device cpu")
-    return device
 
 
 def _configure(args) -> torch.device:
@@ -72,45 +106,79 @@ def build_editor(args):
     if args.checkpoint is None:
         if args.segmenter or args.encoder:
             raise UsageError("--segmenter/--encoder need the --checkpoint of the generator they belong to")
-        return default_editor(progress=progress, lpips=_load_lpips(args.lpips).to(device) if args.lpips else None,
-                              device=device)
+        return default_editor(trained=not args.random_model, progress=progress,
+                              lpips=_load_lpips(args.lpips).to(device) if args.lpips else None, device=device)
     from .models.loaders import load_generator
     from .models.segmenter import load_segmenter
     if not args.segmenter:
         raise UsageError("--checkpoint needs --segmenter (the pixel classifiers trained for that generator)")
-    generator = load_generator(args.checkpoint).to(args.device)
-    segmenter = load_segmenter(args.segmenter if len(args.segmenter) > 1 else args.segmenter[0], generator,
-                               crop=args.crop).to(args.device)
+    if args.random_model:
+        raise UsageError("--random-model and --checkpoint exclude each other")
+    with _reading(args.checkpoint, "generator checkpoint"):
+        generator = load_generator(args.checkpoint).to(device)
+    with _reading(" ".join(args.segmenter), "segmenter"):
+        segmenter = load_segmenter(args.segmenter if len(args.segmenter) > 1 else args.segmenter[0], generator,
+                                   crop=args.crop).to(device)
     encoder = None
     if args.encoder:
         from .models.encoder import load_encoder
-        encoder = load_encoder(args.encoder, generator).to(args.device)
-    lpips = _load_lpips(args.lpips).to(args.device) if args.lpips else None
+        with _reading(args.encoder, "encoder file"):
+            encoder = load_encoder(args.encoder, generator).to(device)
+    lpips = _load_lpips(args.lpips).to(device) if args.lpips else None
     return Editor(generator, segmenter, encoder=encoder, lpips=lpips, progress=progress)
 
 
 def _load_lpips(paths):
     from .models.lpips import LPIPS
-    return LPIPS.from_files(*paths)
+    with _reading(" ".join(paths), "LPIPS files"):
+        return LPIPS.from_files(*paths)
+
+
+def _sample(editor, args):
+    from .editor.seeds import DEFAULT_TRUNCATION, seed_z
+    truncation = DEFAULT_TRUNCATION[args.seed_style] if args.truncation is None else args.truncation
+    return editor.sample(seed_z(args.seed, editor.generator.style_dim, args.seed_style), truncation=truncation)
 
 
 def _latent(editor, args):
     if getattr(args, "latent", None):
-        return editor.latent(io.load_latent(args.latent, editor.generator.num_ws, editor.generator.style_dim))
-    return editor.sample(args.seed, truncation=args.truncation)
+        with _reading(args.latent, "latent file"):
+            wplus = io.load_latent(args.latent, editor.generator.num_ws, editor.generator.style_dim)
+        return editor.latent(wplus)
+    return _sample(editor, args)
+
+
+def _add_seed_options(p):
+    from .editor.seeds import STYLES
+    p.add_argument("--seed", type=int, default=0, help="sample the latent from this seed (default 0)")
+    p.add_argument("--seed-style", choices=STYLES, default="torch",
+                   help="how a seed becomes z: torch (ours) or ada (stylegan2-ada's generate.py: "
+                        "np.random.RandomState(seed).randn(1, z_dim), truncation 1.0 unless given)")
+    p.add_argument("--truncation", type=float, help="truncation psi (default 0.7; 1.0 with --seed-style ada)")
 
 
 def _add_latent_options(p):
-    p.add_argument("--latent", help="w+ latent .npy (from generate/embed/refine); else --seed")
-    p.add_argument("--seed", type=int, default=0, help="sample the latent from this seed (default 0)")
-    p.add_argument("--truncation", type=float, default=0.7)
+    p.add_argument("--latent", help="w+ latent: .npy (ours, EditGAN's) or stylegan2-ada's projected_w.npz; "
+                                    "else --seed")
+    _add_seed_options(p)
 
 
 def _load_vector(editor, path, classes):
     from .editor import EditVector
-    if Path(path).suffix == ".npy":  # EditGAN's own format: no metadata, the user says which classes
-        return EditVector.from_editgan_npy(path, editor.generator, classes=classes or ())
-    return EditVector.load(path, editor.generator)
+    with _reading(path, "vector file"):
+        if Path(path).suffix == ".npy":  # EditGAN's own format: no metadata, the user says which classes
+            return EditVector.from_editgan_npy(path, editor.generator, classes=classes or ())
+        return EditVector.load(path, editor.generator)
+
+
+@contextlib.contextmanager
+def _saving_best_on_interrupt(save, out):
+    """Ctrl-C during an optimization: save its best w+ so far with `save(best)`, then exit 130."""
+    try:
+        yield
+    except OptimizationInterrupted as e:
+        save(e.best.cpu())
+        raise Interrupted(f"interrupted at step {e.step}; the best result so far is saved in {out}") from None
 
 
 def _vectors_and_scales(editor, args, batch_ok: bool) -> dict:
@@ -135,7 +203,7 @@ def _vectors_and_scales(editor, args, batch_ok: bool) -> dict:
 # ---------------------------------------------------------------------------------------------- commands
 def cmd_generate(args):
     editor = build_editor(args)
-    latent = editor.sample(args.seed, truncation=args.truncation)
+    latent = _sample(editor, args)
     result = editor.render(latent)
     out = {"image": str(io.save_image(args.out, result.image))}
     if args.latent_out:
@@ -156,7 +224,10 @@ def cmd_segment(args):
 def cmd_embed(args):
     editor = build_editor(args)
     losses = []
-    latent = editor.embed(args.image, steps=args.steps, callback=lambda step, terms, image: losses.append(terms))
+    with _reading(args.image, "image"):
+        image = io.image_to_tensor(args.image)
+    with _saving_best_on_interrupt(lambda best: io.save_latent(args.out, best), args.out):
+        latent = editor.embed(image, steps=args.steps, callback=lambda step, terms, image: losses.append(terms))
     out = {"latent": str(io.save_latent(args.out, latent.wplus)), "final_loss": losses[-1] if losses else None}
     if args.image_out:
         out["image"] = str(io.save_image(args.image_out, editor.render(latent).image))
@@ -166,10 +237,18 @@ def cmd_embed(args):
 def cmd_learn(args):
     editor = build_editor(args)
     latent = _latent(editor, args)
-    edited = io.load_labels(args.labels, editor.num_classes, editor.segmenter.label_size)
+    with _reading(args.labels, "label map"):
+        edited = io.load_labels(args.labels, editor.num_classes, editor.segmenter.label_size)
     history = []
-    vector = editor.learn_vector(latent, edited, steps=args.steps, classes=args.classes, region=args.region,
-                                 name=args.name, callback=lambda step, terms, image: history.append(terms))
+
+    def save(best):
+        from .editor import EditVector
+        from .editor.losses import edited_classes
+        classes = args.classes or edited_classes(editor.segment(latent)[0].cpu(), edited)
+        EditVector(best - latent.wplus, classes, args.name, editor.fingerprint).save(args.out)
+    with _saving_best_on_interrupt(save, args.out):
+        vector = editor.learn_vector(latent, edited, steps=args.steps, classes=args.classes, region=args.region,
+                                     name=args.name, callback=lambda step, terms, image: history.append(terms))
     vector.save(args.out)
     return {"vector": args.out, "name": vector.name, "classes": list(vector.classes),
             "first_loss": history[0], "last_loss": history[-1]}
@@ -194,8 +273,9 @@ def cmd_refine(args):
     latent = _latent(editor, args)
     vectors = _vectors_and_scales(editor, args, batch_ok=False)
     history = []
-    refined = editor.refine(latent, vectors, steps=args.steps,
-                            callback=lambda step, terms, image: history.append(terms))
+    with _saving_best_on_interrupt(lambda best: io.save_latent(args.out, best), args.out):
+        refined = editor.refine(latent, vectors, steps=args.steps,
+                                callback=lambda step, terms, image: history.append(terms))
     out = {"latent": str(io.save_latent(args.out, refined.wplus)), "first_loss": history[0],
            "last_loss": history[-1]}
     if args.image_out:
@@ -239,9 +319,75 @@ def cmd_info(args):
     return out
 
 
+def cmd_serve(args):
+    import uvicorn
+    from .serve import create_app
+    editor = build_editor(args)
+    editor.progress = False  # jobs report progress through the API, not on the server's stderr
+    app = create_app(editor, library_dir=args.library, class_names=_bundled_class_names(args))
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", ws="websockets-sansio")
+    return {}
+
+
+def _bundled_class_names(args):
+    """The bundled model's class names (for the page's brushes), or None with other weights."""
+    from . import assets
+    return assets.manifest()["classes"] if args.checkpoint is None and assets.available() else None
+
+
+def _add_serve_parser(command) -> None:
+    p = command("serve", cmd_serve, "the editing service and its page (http://HOST:PORT/)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--library", default="editgan-vectors", help="directory of the vector library (created)")
+
+
+def cmd_batch(args):
+    from . import batch
+    items = (batch.seed_items(args.seeds) if args.seeds is not None else
+             batch.latent_items(args.latents) if args.latents is not None else batch.photo_items(args.photos))
+    scales = []
+    for text in args.scales or ["1"]:
+        try:
+            scales.append([float(v) for v in text.split(",")])
+        except ValueError:
+            raise UsageError(f"--scales takes comma-separated numbers, got {text!r}") from None
+    job = batch.BatchJob.create(items, args.vectors, scales, shard_size=args.shard_size,
+                                batch_size=args.batch_size, embed_steps=args.embed_steps,
+                                truncation=args.truncation)
+    if args.ray is not None:
+        from .batch.on_ray import run_ray
+        return run_ray(functools.partial(build_editor, args), job, args.out,
+                       address=None if args.ray == "local" else args.ray, actors=args.actors,
+                       num_gpus=args.gpus_per_actor, progress=not args.quiet)
+    return batch.run_local(build_editor(args), job, args.out, progress=not args.quiet)
+
+
+def _add_batch_command(command) -> None:
+    p = command("batch", cmd_batch, "edit many latents with a vector library into resumable WebDataset shards")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--seeds", help="seed ranges, e.g. 0-999 or 0-9,20")
+    source.add_argument("--latents", help="folder of w+ latents (.npy / .npz)")
+    source.add_argument("--photos", help="folder of images, embedded first (--embed-steps)")
+    p.add_argument("--vectors", required=True, help="vector library (.npz, one or many vectors)")
+    p.add_argument("--scales", action="append",
+                   help="comma-separated scales: once (each vector alone at each scale) or once per vector "
+                        "(the grid of all combinations); default 1")
+    p.add_argument("--out", required=True, help="output folder (shards + manifest.json); a rerun resumes")
+    p.add_argument("--shard-size", type=int, default=64, help="items per shard (each with all its settings)")
+    p.add_argument("--batch-size", type=int, default=8, help="latents per synthesis (each with all settings)")
+    p.add_argument("--embed-steps", type=int, default=100)
+    p.add_argument("--truncation", type=float, default=0.7)
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run as a Ray Data pipeline: on a new local Ray instance, or on the cluster at ADDRESS "
+                        "(e.g. auto or ray://head:10001)")
+    p.add_argument("--actors", type=int, help="with --ray: model-holding actors (default: one per CPU/GPU)")
+    p.add_argument("--gpus-per-actor", type=float, default=0, help="with --ray: GPUs per actor (e.g. 1 or 0.5)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    parser = argparse.ArgumentParser(prog="editgan-fast", description="EditGAN-style semantic image editing")
+    parser = _Parser(prog="editgan-fast", description="EditGAN-style semantic image editing")
     parser.add_argument("--version", action="version", version=f"editgan-fast {__version__} (torch {torch.__version__})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -258,8 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per stage of the latency table")
 
     p = command("generate", cmd_generate, "sample an image (and its latent and labels)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--truncation", type=float, default=0.7)
+    _add_seed_options(p)
     p.add_argument("--out", required=True, help="image file (.png)")
     p.add_argument("--latent-out", help="save the w+ latent (.npy)")
     p.add_argument("--labels-out", help="save the label map (palette .png)")
@@ -281,14 +426,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--region", choices=("changed", "classes"), default="changed")
     p.add_argument("--classes", type=int, nargs="+", help="edited class ids (default: the ones painted)")
     p.add_argument("--name", default="edit")
-    p.add_argument("--out", required=True, help="vector file (.npz)")
+    p.add_argument("--out", required=True, help="vector file (.safetensors, or .npz)")
 
     for name, fn, help_ in (("apply", cmd_apply, "apply editing vectors (several scales: one batch)"),
                             ("refine", cmd_refine, "apply vectors, then refine the latent")):
         p = command(name, fn, help_)
         _add_latent_options(p)
         p.add_argument("--vector", action="append", required=True,
-                       help="vector file (.npz, or EditGAN's .npy); repeat for several")
+                       help="vector file (.safetensors, .npz, or EditGAN's .npy); repeat for several")
         p.add_argument("--scales", action="append",
                        help="comma-separated scales, once for all vectors or once per vector (default 1)")
         p.add_argument("--classes", type=int, nargs="+", help="classes of an EditGAN .npy vector")
@@ -301,6 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("bench", cmd_bench, "latency per stage (median of --repeats runs)")
     p.add_argument("--repeats", type=int, default=5)
+
+    _add_serve_parser(command)
+    _add_batch_command(command)
 
     p = sub.add_parser("info", help="versions, backends auto picks, CPU features and the branches that run")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -322,18 +470,30 @@ def _print_human(result: dict) -> None:
             print(f"{key}: {value}")
 
 
+def _error(message) -> int:
+    print(f"editgan-fast: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return 2
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore" if args.quiet else "default")
             result = args.fn(args)
-    except (ValueError, FileNotFoundError, OSError, KeyError, BackendUnavailable) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"editgan-fast: error: {message}", file=sys.stderr)
-        return 2
+        # Strict JSON: a NaN or Infinity (which strict parsers reject) is an error, never printed.
+        text = json.dumps(result, default=str, allow_nan=False) if args.json else None
+    except KeyboardInterrupt as e:
+        print(f"editgan-fast: {e if isinstance(e, Interrupted) else 'interrupted'}", file=sys.stderr)
+        return 130
+    except (EditGANFastError, ValueError, OSError) as e:
+        return _error(e)
+    except KeyError as e:
+        return _error(e.args[0] if e.args else e)
+    except Exception as e:  # anything else is a bug of ours: still one line, naming what went wrong
+        return _error(f"internal error ({type(e).__name__}): {e}")
     if args.json:
-        print(json.dumps(result, default=str))
+        print(text)
     else:
         _print_human(result)
     return 0

@@ -7,19 +7,30 @@ exact colours (so an edit painted in any image editor with those colours reads b
 The palette is PASCAL VOC's: class c gets the colour whose bits are c's bits interleaved, most significant first:
     0 black (0,0,0), 1 (128,0,0), 2 (0,128,0), 3 (128,128,0), 4 (0,0,128), 5 (128,0,128), 6 (0,128,128),
     7 (128,128,128), 8 (64,0,0), 9 (192,0,0), ...
-Latents: `.npy` float32 [num_ws, style_dim] (EditGAN's latent files, [1, num_ws, style_dim], read too).
+Latents: `.npy` float32 [num_ws, style_dim] (EditGAN's latent files, [1, num_ws, style_dim], and stylegan2-ada's
+projector output `projected_w.npz`, key `w`, read too).
+Every file is written through `atomic_write`; every array and image is checked against `limits` before it is
+allocated.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import struct
 import tempfile
+import warnings
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from . import limits
+from .errors import FileFormatError, InputValueError, LimitExceeded
 
 
 @contextlib.contextmanager
@@ -64,18 +75,44 @@ PALETTE: tuple[tuple[int, int, int], ...] = tuple(_voc_colour(c) for c in range(
 def _check_file(path) -> Path:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"file {path} does not exist")
+        raise FileFormatError(f"file {path} does not exist")
     return path
 
 
 def _open(path) -> Image.Image:
+    """A decoded image, its pixel count checked against limits.image_pixels before the pixels are decoded."""
     path = _check_file(path)
     try:
-        im = Image.open(path)
-        im.load()
-    except (OSError, SyntaxError) as e:
-        raise ValueError(f"{path} is not an image Pillow can read: {e}") from None
+        with warnings.catch_warnings():  # our own pixel budget replaces Pillow's decompression-bomb warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+            limits.check("image_pixels", im.width * im.height, f"{path} is a {im.width}x{im.height} image")
+            im.load()
+    except Image.DecompressionBombError as e:
+        raise LimitExceeded(f"{path}: {e} (Pillow's decompression-bomb guard)") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as e:
+        if isinstance(e, LimitExceeded):
+            raise
+        raise FileFormatError(f"{path} is not an image Pillow can read: {type(e).__name__}: {e}") from None
     return im
+
+
+def _pil_to_unit_rgb(im: Image.Image) -> np.ndarray:
+    """float32 [H, W, 3] in [0, 1]. 16-bit and 32-bit integer images are scaled by their type's range and float
+    images taken as [0, 1] (or rescaled from their own range when outside it), never clipped to 8 bits."""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        array = np.asarray(im).astype(np.float64)
+        array = np.clip(array, 0, None) / max(65535.0, float(array.max(initial=0)))
+    elif im.mode == "F":
+        array = np.asarray(im).astype(np.float64)
+        if not np.isfinite(array).all():
+            raise InputValueError("the float image holds NaN or Inf pixels")
+        low, high = float(array.min(initial=0)), float(array.max(initial=0))
+        if low < 0 or high > 1:
+            array = (array - low) / max(high - low, 1e-12)
+    else:
+        return np.asarray(im.convert("RGB"), dtype=np.float32) / 255
+    return np.repeat(array.astype(np.float32)[:, :, None], 3, axis=2)
 
 
 def image_to_tensor(image) -> torch.Tensor:
@@ -83,59 +120,74 @@ def image_to_tensor(image) -> torch.Tensor:
     if isinstance(image, (str, Path)):
         image = _open(image)
     if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
+        limits.check("image_pixels", image.width * image.height, f"a {image.width}x{image.height} image")
+        return torch.from_numpy(_pil_to_unit_rgb(image)).permute(2, 0, 1) * 2 - 1
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
-            raise ValueError(f"image arrays must be uint8 [H, W, 3] (or [H, W] gray), got {image.dtype}")
+            raise InputValueError(f"image arrays must be uint8 [H, W, 3] (or [H, W] gray), got {image.dtype}")
         if image.ndim == 2:
             image = np.repeat(image[:, :, None], 3, axis=2)
         if image.ndim != 3 or image.shape[2] not in (3, 4):
-            raise ValueError(f"image arrays must have shape [H, W, 3], got {image.shape}")
+            raise InputValueError(f"image arrays must have shape [H, W, 3], got {image.shape}")
         return torch.from_numpy(np.array(image[:, :, :3])).permute(2, 0, 1).float() / 127.5 - 1
     if isinstance(image, torch.Tensor):
         if image.ndim == 4 and image.shape[0] == 1:
             image = image[0]
         if image.ndim != 3 or image.shape[0] != 3 or not image.is_floating_point():
-            raise ValueError(f"image tensors must be float [3, H, W] in [-1, 1], got {image.dtype} "
-                             f"{tuple(image.shape)}")
+            raise InputValueError(f"image tensors must be float [3, H, W] in [-1, 1], got {image.dtype} "
+                                  f"{tuple(image.shape)}")
+        if not torch.isfinite(image).all():
+            raise InputValueError("the image tensor holds NaN or Inf")
         return image.detach().float().cpu()
-    raise ValueError(f"cannot read an image from a {type(image).__name__}")
+    raise InputValueError(f"cannot read an image from a {type(image).__name__}")
 
 
 def fit_to_resolution(image: torch.Tensor, resolution: int) -> tuple[torch.Tensor, str | None]:
-    """Letterbox a [3, H, W] image to a square (padding with the border's mean colour, i.e. background),
-    then resize to resolution x resolution. Returns the image and a note saying what was done (None if nothing)."""
+    """Resize a [3, H, W] image so its long side is `resolution`, then letterbox it to resolution x resolution
+    (padding with its border's mean colour, i.e. background). Every intermediate is at most the input or the
+    target size, so an elongated input never becomes a square of its long side. Returns the image and a note
+    saying what was done (None if nothing)."""
     _, h, w = image.shape
     if h == w == resolution:
         return image, None
+    scale = resolution / max(h, w)
+    nh, nw = max(1, min(resolution, round(h * scale))), max(1, min(resolution, round(w * scale)))
     note = []
-    if h != w:
-        side = max(h, w)
-        top, left = (side - h) // 2, (side - w) // 2
+    if (nh, nw) != (h, w):
+        note.append(f"resized {w}x{h} to {nw}x{nh}")
+        image = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False,
+                              antialias=scale < 1)[0].clamp(-1, 1)
+    if nh != nw:
+        top, left = (resolution - nh) // 2, (resolution - nw) // 2
         fill = torch.cat([image[:, 0], image[:, -1], image[:, :, 0], image[:, :, -1]], dim=1).mean(1)
-        canvas = fill[:, None, None].expand(3, side, side).clone()
-        canvas[:, top:top + h, left:left + w] = image
+        canvas = fill[:, None, None].expand(3, resolution, resolution).clone()
+        canvas[:, top:top + nh, left:left + nw] = image
         image = canvas
-        note.append(f"letterboxed {w}x{h} to {side}x{side}")
-    if image.shape[1] != resolution:
-        note.append(f"resized {image.shape[2]}x{image.shape[1]} to {resolution}x{resolution}")
-        image = F.interpolate(image[None], size=(resolution, resolution), mode="bilinear", align_corners=False,
-                              antialias=image.shape[1] > resolution)[0].clamp(-1, 1)
+        note.append(f"letterboxed {nw}x{nh} to {resolution}x{resolution}")
     return image, "; ".join(note)
 
 
 def tensor_to_pil(image: torch.Tensor) -> Image.Image:
     if image.ndim != 3 or image.shape[0] != 3:
-        raise ValueError(f"expected an image [3, H, W], got {tuple(image.shape)}")
+        raise InputValueError(f"expected an image [3, H, W], got {tuple(image.shape)}")
     array = ((image.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return Image.fromarray(array.permute(1, 2, 0).numpy())
 
 
+def _pil_format(path: Path) -> str:
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise InputValueError(f"cannot tell an image format from the file name {path.name!r} (use .png)")
+    return fmt
+
+
 def save_image(path, image: torch.Tensor) -> Path:
-    """Save a [3, H, W] image in [-1, 1] (format from the file name, e.g. .png)."""
+    """Save a [3, H, W] image in [-1, 1] (format from the file name, e.g. .png), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensor_to_pil(image).save(path)
+    fmt = _pil_format(path)
+    pil = tensor_to_pil(image)
+    with atomic_write(path) as f:
+        pil.save(f, format=fmt)
     return path
 
 
@@ -153,27 +205,33 @@ def image_grid(images, columns: int) -> torch.Tensor:
 def labels_to_pil(labels) -> Image.Image:
     labels = torch.as_tensor(labels)
     if labels.ndim != 2 or labels.is_floating_point():
-        raise ValueError(f"a label map is an integer tensor [H, W], got {labels.dtype} {tuple(labels.shape)}")
+        raise InputValueError(f"a label map is an integer tensor [H, W], got {labels.dtype} {tuple(labels.shape)}")
     if labels.numel() and (labels.min() < 0 or labels.max() > 255):
-        raise ValueError(f"label PNGs hold class ids 0..255, got ids {int(labels.min())}..{int(labels.max())}")
+        raise InputValueError(f"label PNGs hold class ids 0..255, got ids {int(labels.min())}..{int(labels.max())}")
     im = Image.fromarray(labels.cpu().numpy().astype(np.uint8), mode="P")
     im.putpalette([v for rgb in PALETTE for v in rgb])
     return im
 
 
 def save_labels(path, labels) -> Path:
-    """Save an integer label map [H, W] as a palette PNG (pixel value = class id)."""
+    """Save an integer label map [H, W] as a palette PNG (pixel value = class id), atomically."""
     path = Path(path)
     if path.suffix.lower() != ".png":
-        raise ValueError(f"label maps are saved as PNG, got {path.name!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    labels_to_pil(labels).save(path)
+        raise InputValueError(f"label maps are saved as PNG, got {path.name!r}")
+    pil = labels_to_pil(labels)
+    with atomic_write(path) as f:
+        pil.save(f, format="PNG")
     return path
 
 
 def load_labels(path, num_classes: int | None = None, size: tuple[int, int] | None = None) -> torch.Tensor:
     """Read a label map as int64 [H, W]; check it has `size` (h, w) and only ids < `num_classes` when given."""
-    im = _open(path)
+    return labels_from_image(_open(path), num_classes, size, str(path))
+
+
+def labels_from_image(im: Image.Image, num_classes: int | None = None, size: tuple[int, int] | None = None,
+                      what: str = "label map") -> torch.Tensor:
+    """`load_labels` for an image already open (e.g. an upload held in memory); `what` names it in errors."""
     if im.mode == "P" or im.mode == "L":
         labels = np.array(im, dtype=np.int64)
     elif im.mode in ("RGB", "RGBA"):
@@ -184,42 +242,132 @@ def load_labels(path, num_classes: int | None = None, size: tuple[int, int] | No
         unknown = [c for c in colours if int(c) not in lookup]
         if unknown:
             c = int(unknown[0])
-            raise ValueError(f"{path}: colour {(c >> 16, (c >> 8) & 255, c & 255)} is not in the label palette "
+            raise FileFormatError(f"{what}: colour {(c >> 16, (c >> 8) & 255, c & 255)} is not in the label palette "
                              f"(see editgan_fast.io.PALETTE); paint label maps with the palette's exact colours")
         labels = np.array([lookup[int(c)] for c in colours], dtype=np.int64)[inverse].reshape(code.shape)
     else:
-        raise ValueError(f"{path}: label maps must be palette, grayscale or RGB PNGs, got mode {im.mode}")
+        raise FileFormatError(f"{what}: label maps must be palette, grayscale or RGB PNGs, got mode {im.mode}")
     labels = torch.from_numpy(labels)
-    check_labels(labels, num_classes, size, str(path))
+    check_labels(labels, num_classes, size, what)
     return labels
 
 
 def check_labels(labels: torch.Tensor, num_classes: int | None, size, what: str = "label map") -> None:
     if size is not None and tuple(labels.shape) != tuple(size):
-        raise ValueError(f"{what} is {labels.shape[-1]}x{labels.shape[0]} (W x H), the segmenter's label maps are "
+        raise InputValueError(f"{what} is {labels.shape[-1]}x{labels.shape[0]} (W x H), the segmenter's label maps are "
                          f"{size[1]}x{size[0]}")
     if num_classes is not None and labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
         bad = sorted({int(c) for c in labels.unique() if c < 0 or c >= num_classes})
-        raise ValueError(f"{what} uses unknown class id(s) {bad}; the segmenter has classes 0..{num_classes - 1}")
+        raise InputValueError(f"{what} uses unknown class id(s) {bad}; the segmenter has classes 0..{num_classes - 1}")
+
+
+# ------------------------------------------------------------------------------------------------ arrays
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+def read_npy(f, size: int, what: str, already: int = 0) -> np.ndarray:
+    """One array from a binary stream holding a `.npy` of `size` bytes. The header is read first: object dtypes
+    (pickles) are refused, and the claimed shape is checked against the bytes really there and against
+    limits.array_bytes (with `already` bytes read from the same file) before the data is read, so a header cannot
+    make us allocate what the file does not hold."""
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f".npy format version {version} is not supported")
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError, struct.error) as e:
+        raise FileFormatError(f"{what} is not a NumPy .npy array: {type(e).__name__}: {e}") from None
+    if dtype.hasobject:
+        raise FileFormatError(f"{what} holds Python objects ({dtype}); only numeric arrays are read (never pickles)")
+    nbytes = math.prod(shape) * dtype.itemsize
+    limits.check("array_bytes", already + nbytes, f"{what} claims a {dtype} array of shape {shape}"
+                 + (f" after {already:,} bytes of other arrays" if already else ""))
+    data = f.tell() if hasattr(f, "tell") else 0
+    if size - data < nbytes:
+        raise FileFormatError(f"{what} is truncated: its header claims a {dtype} array of shape {shape} "
+                              f"({nbytes:,} bytes), the file holds {max(size - data, 0):,}")
+    buffer = bytearray(nbytes)
+    if f.readinto(buffer) != nbytes:
+        raise FileFormatError(f"{what} is truncated: fewer bytes than its header claims")
+    return np.frombuffer(buffer, dtype).reshape(shape, order="F" if fortran else "C")
+
+
+def load_npy(path, what: str | None = None) -> np.ndarray:
+    """An array from a `.npy` file, its header checked before reading (see read_npy)."""
+    path = _check_file(path)
+    with open(path, "rb") as f:
+        return read_npy(f, os.fstat(f.fileno()).st_size, what or str(path))
+
+
+def load_npz(path, what: str | None = None) -> dict[str, np.ndarray]:
+    """{name: array} of an `.npz` file, each member's header checked before it is inflated (see read_npy); the
+    arrays together must fit limits.array_bytes, and their number limits.vectors_per_library (+ 1 for a
+    library's metadata)."""
+    path = _check_file(path)
+    what = what or str(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = [m for m in archive.infolist() if not m.is_dir()]
+            limits.check("vectors_per_library", len(members) - 1, f"{what} holds {len(members)} arrays")
+            arrays, total = {}, 0
+            for m in members:
+                name = m.filename.removesuffix(".npy")
+                with archive.open(m) as f:
+                    arrays[name] = read_npy(f, m.file_size, f"{what} (array {name!r})", total)
+                total += arrays[name].nbytes
+            return arrays
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError, zlib.error,
+            RuntimeError) as e:
+        raise FileFormatError(f"{what} is not a readable .npz (zip) file: {type(e).__name__}: {e}") from None
+
+
+def file_magic(path, n: int = 8) -> bytes:
+    with open(_check_file(path), "rb") as f:
+        return f.read(n)
 
 
 def save_latent(path, wplus: torch.Tensor) -> Path:
+    """Save w+ [num_ws, style_dim] as float32 `.npy`, atomically."""
     path = Path(path)
     if path.suffix != ".npy":
-        raise ValueError(f"latents are saved as .npy, got {path.name!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, wplus.detach().cpu().float().numpy(), allow_pickle=False)
+        raise InputValueError(f"latents are saved as .npy, got {path.name!r}")
+    array = wplus.detach().cpu().float().numpy()
+    with atomic_write(path) as f:
+        np.save(f, array, allow_pickle=False)
     return path
 
 
+def _latent_array(path: Path) -> np.ndarray:
+    """The array of a latent file: our/EditGAN's `.npy`, or stylegan2-ada's projector output `projected_w.npz`
+    (key `w`, [1, num_ws, w_dim])."""
+    head = file_magic(path)
+    if head.startswith(NPY_MAGIC):
+        return load_npy(path)
+    if head.startswith(ZIP_MAGIC):
+        arrays = load_npz(path)
+        if "w" in arrays:
+            return arrays["w"]
+        if "meta" in arrays:
+            raise FileFormatError(f"{path} is an editing-vector file, not a latent (pass it as --vector)")
+        raise FileFormatError(f"{path} is an .npz without a latent: it holds {sorted(arrays)[:6]}, a latent "
+                              f"archive holds 'w' (stylegan2-ada's projected_w.npz)")
+    if len(head) < 8:
+        raise FileFormatError(f"{path} is {'empty' if not head else 'too short'}: not a .npy latent")
+    raise FileFormatError(f"{path} is not a latent (.npy, or stylegan2-ada's projected_w.npz)")
+
+
 def load_latent(path, num_ws: int, style_dim: int) -> torch.Tensor:
-    """Read a w+ latent (.npy, [num_ws, style_dim] or EditGAN's [1, num_ws, style_dim]) as float32."""
+    """Read a w+ latent as float32 [num_ws, style_dim]: `.npy` [num_ws, style_dim] or EditGAN's
+    [1, num_ws, style_dim], or stylegan2-ada's `projected_w.npz` (key `w`). NaN/Inf are refused."""
     path = _check_file(path)
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise ValueError(f"{path} is not a NumPy .npy latent: {e}") from None
+    array = _latent_array(path)
     if array.dtype.kind != "f" or array.shape not in ((num_ws, style_dim), (1, num_ws, style_dim)):
-        raise ValueError(f"{path} holds a {array.dtype} array of shape {array.shape}; this generator's latents "
-                         f"are float [{num_ws}, {style_dim}]")
+        raise FileFormatError(f"{path} holds a {array.dtype} array of shape {array.shape}; this generator's "
+                              f"latents are float [{num_ws}, {style_dim}]")
+    if not np.isfinite(array).all():
+        raise FileFormatError(f"{path}: the latent holds NaN or Inf")
     return torch.from_numpy(array.reshape(num_ws, style_dim).astype(np.float32))

@@ -192,31 +192,32 @@ def gemm(a, a_strides, b, b_strides, c, c_strides, batch, m, n, k, dot_fp32):
         BLOCK_M=GEMM_M, BLOCK_N=GEMM_N, BLOCK_K=GEMM_K)
 
 
-def _map_layout(features, device):
-    """Row offset of each map in the projection buffer, and the [M, 3] (offset, h, w) table."""
+def map_layout(shapes, device):
+    """(rows, [(row offset, h, w)] per map, the same as an [M, 3] int32 table on `device`) of the projection
+    buffer for feature maps of `shapes` [(N, C, h, w)]. Depends on shapes only: callers cache it."""
     import torch
-    rows, meta = 0, []
-    for f in features:
-        meta.append((rows, f.shape[2], f.shape[3]))
-        rows += f.shape[0] * f.shape[2] * f.shape[3]
-    return rows, torch.tensor(meta, dtype=torch.int32, device=device)
+    rows, maps = 0, []
+    for n, _, h, w in shapes:
+        maps.append((rows, h, w))
+        rows += n * h * w
+    return rows, maps, torch.tensor(maps, dtype=torch.int32, device=device)
 
 
-def project(features, packed, dot_fp32, dtype):
+def project(features, packed, layout, dot_fp32, dtype):
     """P = W1_m @ features[m] for every map, at native resolution, into one [rows, E*H1] buffer."""
     import torch
     w1 = packed["w1"]
     nout, d = w1.shape
-    rows, meta = _map_layout(features, w1.device)
+    rows, maps, _ = layout
     proj = torch.empty(rows, nout, dtype=dtype, device=w1.device)
     col = 0
-    for (base, h, w), f in zip(meta.tolist(), features):
+    for (base, h, w), f in zip(maps, features):
         n, cm = f.shape[:2]
         f = f.to(dtype).contiguous()
         gemm(f, (cm * h * w, 1, h * w), w1[:, col:], (1, d), proj[base:], (h * w * nout, nout, 1),
              n, h * w, nout, cm, dot_fp32)
         col += cm
-    return proj, meta
+    return proj
 
 
 def head(proj, meta, packed, out_size, box, mode, pixels, n, out_dtype, dot_fp32, grad_logits=None):
@@ -241,13 +242,13 @@ def head(proj, meta, packed, out_size, box, mode, pixels, n, out_dtype, dot_fp32
     return gproj if backward else out
 
 
-def feature_grads(gproj, meta, packed, features, dot_fp32):
+def feature_grads(gproj, layout, packed, features, dot_fp32):
     """dL/dfeatures[m] = W1_m^T @ dL/dP_m, in each feature's shape and dtype."""
     import torch
     w1 = packed["w1"]
     nout, d = w1.shape
     grads, col = [], 0
-    for (base, h, w), f in zip(meta.tolist(), features):
+    for (base, h, w), f in zip(layout[1], features):
         n, cm = f.shape[:2]
         g = torch.empty((n, cm, h, w), dtype=torch.float32, device=f.device)
         gemm(gproj[base:], (h * w * nout, nout, 1), w1[:, col:], (d, 1), g, (cm * h * w, 1, h * w),

@@ -58,8 +58,11 @@ def test_unavailable_backend_says_why():
 
 
 # ------------------------------------------------------------------------------------------ on a GPU
+REQUIRE_GPU = os.environ.get("EDITGAN_FAST_REQUIRE_GPU") == "1"  # bench/gpu_check.sh: a skip is a failure
+
+
 def gpu(test):
-    skip = pytest.mark.skipif(not backend.available("cuda"),
+    skip = pytest.mark.skipif(not backend.available("cuda") and not REQUIRE_GPU,
                               reason=f"cuda backend unavailable: {cb.unavailable_reason()}")
     return pytest.mark.gpu(skip(test))
 

@@ -5,6 +5,7 @@ import torch
 from PIL import Image
 
 from editgan_fast import io
+from editgan_fast.errors import FileFormatError
 
 
 def random_labels(h, w, classes, seed):
@@ -41,7 +42,7 @@ def test_bad_label_maps_are_clear_errors(tmp_path):
     Image.fromarray(rgb).save(tmp_path / "off.png")
     with pytest.raises(ValueError, match=r"colour \(1, 2, 3\) is not in the label palette"):
         io.load_labels(tmp_path / "off.png")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileFormatError, match="does not exist"):
         io.load_labels(tmp_path / "missing.png")
     (tmp_path / "text.png").write_text("hello")
     with pytest.raises(ValueError, match="not an image"):
@@ -65,7 +66,7 @@ def test_image_round_trip_and_inputs(tmp_path):
 def test_fit_to_resolution_letterboxes_and_says_so():
     image = torch.rand(3, 20, 40) * 2 - 1
     out, note = io.fit_to_resolution(image, 16)
-    assert out.shape == (3, 16, 16) and "letterboxed 40x20 to 40x40" in note and "resized" in note
+    assert out.shape == (3, 16, 16) and "resized 40x20 to 16x8; letterboxed 16x8 to 16x16" == note and "resized" in note
     same, none = io.fit_to_resolution(torch.rand(3, 16, 16), 16)
     assert none is None
 

@@ -181,7 +181,7 @@ def test_bad_inputs_are_clear_errors(ckpt, tmp_path):
         g.mapping(torch.randn(2, 3))
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"PK\x03\x04 definitely not a zip")
-    with pytest.raises(CheckpointError, match="not a readable"):
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
         load_generator(corrupt)
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {"w": torch.zeros(1)}}, foreign)

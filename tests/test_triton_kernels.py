@@ -32,6 +32,8 @@ import editgan_fast  # noqa: E402
 from editgan_fast.ops import PixelMLP, bias_act, modulated_conv2d, seg_head, setup_filter, upfirdn2d  # noqa: E402
 
 if DEVICE == "cuda" and not torch.cuda.is_available():
+    if os.environ.get("EDITGAN_FAST_REQUIRE_GPU") == "1":  # bench/gpu_check.sh: a skip is a failure
+        raise RuntimeError("EDITGAN_FAST_TRITON_DEVICE=cuda and EDITGAN_FAST_REQUIRE_GPU=1 but no CUDA device")
     pytest.skip("EDITGAN_FAST_TRITON_DEVICE=cuda but no CUDA device", allow_module_level=True)
 
 REL = {torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 4e-2}

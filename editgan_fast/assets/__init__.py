@@ -15,6 +15,8 @@ from ..errors import FileFormatError
 
 ASSETS = Path(__file__).parent
 MANIFEST = ASSETS / "manifest.json"
+RESTORE = ("restore the files with `git checkout -- editgan_fast/assets` (or reinstall editgan-fast), or ask for "
+           "the untrained random model explicitly (--random-model, default_editor(trained=False))")
 
 
 class BundledModelError(FileFormatError, RuntimeError):
@@ -23,8 +25,7 @@ class BundledModelError(FileFormatError, RuntimeError):
 
 def manifest() -> dict:
     if not MANIFEST.is_file():
-        raise BundledModelError(f"no bundled model: {MANIFEST} is missing (train one with "
-                                f"`python -m editgan_fast.train all`)")
+        raise BundledModelError(f"no bundled model: {MANIFEST} is missing; {RESTORE}")
     return json.loads(MANIFEST.read_text())
 
 
@@ -46,10 +47,10 @@ def verified_files() -> dict[str, Path]:
     for name, digest in manifest()["sha256"].items():
         path = ASSETS / name
         if not path.is_file():
-            raise BundledModelError(f"bundled model file {path} is missing")
+            raise BundledModelError(f"bundled model file {path} is missing; {RESTORE}")
         if sha256(path) != digest:
             raise BundledModelError(f"bundled model file {path} does not match its sha256 in {MANIFEST}: "
-                                    f"the file is corrupted or was replaced")
+                                    f"the file is corrupted or was replaced; {RESTORE}")
         files[name] = path
     return files
 

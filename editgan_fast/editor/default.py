@@ -82,7 +82,8 @@ def random_segmenter(generator, seed: int = 0):
 
 @functools.lru_cache(maxsize=2)
 def _random_models(seed: int):
-    # Built once per process and seed: the models are frozen, and each Editor around them keeps its own caches.
+    # Built once per process and seed. Every Editor works on its own frozen copies of them (sharing the weights'
+    # storage, copied only when that editor moves them), so editors never affect each other.
     generator = random_generator(seed)
     return generator, random_segmenter(generator, seed)
 
@@ -113,7 +114,8 @@ def default_editor(trained: bool | None = None, device=None, **editor_options) -
     if trained is not False:
         editor = _bundled_editor(**editor_options)
         if editor is None and trained:
-            raise FileNotFoundError("no trained default model is bundled in editgan_fast/assets yet")
+            from ..assets import MANIFEST, BundledModelError, RESTORE
+            raise BundledModelError(f"the bundled trained model is missing ({MANIFEST} is absent); {RESTORE}")
     editor = editor or random_editor(0, **editor_options)
     if device is not None and torch.device(device) != editor.device:
         # Copies: the bundled models are cached on the CPU for every later default_editor().

@@ -1,16 +1,20 @@
 """The editing engine: sample or embed an image, segment it, learn an editing vector from an edited label
 map, apply vectors at any scale in real time, refine the result.
 
-Only latents are ever optimized: the editor freezes every model it is given.
+Only latents are ever optimized: the editor works on frozen copies of the models it is given (eval mode, no
+gradients, sharing the weights' storage), so the caller's modules are never switched to eval or frozen, and
+`Editor.to` moves the editor's copies only.
 The real-time path (`apply`): the per-layer style coefficients are affine in w+, styles(w + Σ sᵢδᵢ) =
 styles(w) + Σ sᵢ styles(δᵢ, bias=False), so the editor caches styles(w) per Latent and styles(δᵢ) per vector;
 a new set of scales costs a weighted sum of cached tensors and one synthesis, and a batch of scales is one batch.
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import sys
+import threading
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -19,10 +23,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .. import io
+from .. import io, limits
 from ..errors import InputValueError, NonFiniteLoss, OptimizationInterrupted
 from . import losses
 from .progress import ProgressBar
+from .seeds import seed_z
 from .vectors import EditVector, wplus_matrix
 
 StepCallback = Callable[[int, dict, torch.Tensor], None]
@@ -73,16 +78,17 @@ class Editor:
         if segmenter.in_features != dim:
             raise ValueError(f"the segmenter classifies {segmenter.in_features} feature channels, the generator's "
                              f"feature maps have {dim}: they do not belong together")
-        self.generator = _frozen(generator)
-        self.segmenter = _frozen(segmenter)
-        self.encoder = _frozen(encoder) if encoder is not None else None
-        self.lpips = _frozen(lpips) if lpips is not None else None
+        self.generator = _frozen_copy(generator)
+        self.segmenter = _frozen_copy(segmenter)
+        self.encoder = _frozen_copy(encoder) if encoder is not None else None
+        self.lpips = _frozen_copy(lpips) if lpips is not None else None
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.noise_mode = noise_mode
         self.learn_lr = learn_lr
         self.fingerprint = generator.fingerprint()
         self._latent_styles = weakref.WeakKeyDictionary()   # Latent -> styles(w)
         self._vector_styles = weakref.WeakKeyDictionary()   # EditVector -> styles(δ, bias=False)
+        self._cache_lock = threading.Lock()  # the caches are shared by the threads of a server
         self._warned_no_lpips = False
 
     # ----------------------------------------------------------------------------------------- basics
@@ -94,6 +100,17 @@ class Editor:
     @property
     def num_classes(self) -> int:
         return self.segmenter.num_classes
+
+    def to(self, *args, **kwargs) -> "Editor":
+        """Move or cast the editor's models (`torch.nn.Module.to`'s arguments); the cached styles are dropped.
+        The modules given to the constructor stay where they are."""
+        for name in ("generator", "segmenter", "encoder", "lpips"):
+            module = getattr(self, name)
+            if module is not None:
+                setattr(self, name, module.to(*args, **kwargs))
+        self._latent_styles.clear()
+        self._vector_styles.clear()
+        return self
 
     def latent(self, wplus) -> Latent:
         """Wrap and check a w+ tensor for this generator."""
@@ -108,12 +125,19 @@ class Editor:
     def sample(self, seed_or_z, truncation: float = 0.7) -> Latent:
         """A latent from an int seed (z ~ N(0, I) from torch.Generator(seed)) or a z [style_dim] / [1, style_dim]."""
         g = self.generator
+        if isinstance(truncation, bool) or not isinstance(truncation, (int, float)) or not math.isfinite(truncation):
+            raise InputValueError(f"truncation must be a finite number, got {truncation!r}")
         if isinstance(seed_or_z, int):
-            z = torch.randn(1, g.style_dim, generator=torch.Generator().manual_seed(seed_or_z))
+            z = seed_z(seed_or_z, g.style_dim)
         else:
-            z = torch.as_tensor(seed_or_z, dtype=torch.float32).reshape(1, -1)
-            if z.shape[1] != g.style_dim:
-                raise ValueError(f"z must have {g.style_dim} entries, got {z.shape[1]}")
+            try:
+                z = torch.as_tensor(seed_or_z, dtype=torch.float32).reshape(1, -1)
+            except (TypeError, ValueError, RuntimeError):
+                raise InputValueError(f"seed_or_z must be an int seed or a z of {g.style_dim} numbers, got "
+                                      f"{type(seed_or_z).__name__}") from None
+            if z.shape[1] != g.style_dim or not torch.isfinite(z).all():
+                raise InputValueError(f"z must have {g.style_dim} finite entries, got {z.shape[1]}"
+                                      + ("" if torch.isfinite(z).all() else " with NaN or Inf"))
         w = g.truncate(g.mapping(z.to(self.device)), truncation)
         return Latent(w[:, None, :].expand(1, g.num_ws, g.style_dim)[0].cpu())
 
@@ -135,18 +159,21 @@ class Editor:
 
     # ----------------------------------------------------------------------------------------- apply
     def _styles_of_latent(self, latent: Latent):
-        styles = self._latent_styles.get(latent)
-        if styles is None:
-            styles = [s.detach() for s in self.generator.styles(self._wplus(latent)[None])]
-            self._latent_styles[latent] = styles
+        with self._cache_lock:
+            styles = self._latent_styles.get(latent)
+            if styles is None:
+                styles = [s.detach() for s in self.generator.styles(self._wplus(latent)[None])]
+                self._latent_styles[latent] = styles
         return styles
 
     def _styles_of_vector(self, vector: EditVector):
-        styles = self._vector_styles.get(vector)
-        if styles is None:
-            vector.check_compatible(self.fingerprint, self.generator.num_ws, self.generator.style_dim)
-            styles = [s.detach() for s in self.generator.styles(vector.delta.to(self.device)[None], bias=False)]
-            self._vector_styles[vector] = styles
+        with self._cache_lock:
+            styles = self._vector_styles.get(vector)
+            if styles is None:
+                vector.check_compatible(self.fingerprint, self.generator.num_ws, self.generator.style_dim)
+                styles = [s.detach() for s in self.generator.styles(vector.delta.to(self.device)[None],
+                                                                    bias=False)]
+                self._vector_styles[vector] = styles
         return styles
 
     def _edited_styles(self, latent: Latent, vectors: dict):
@@ -163,11 +190,24 @@ class Editor:
             styles = [a + s.to(d.dtype) * d for a, d in zip(styles, self._styles_of_vector(vector))]
         return styles, batched
 
-    def _render_styles(self, styles) -> Result:
-        """Image [B, 3, H, W] (float32) and labels [B, h, w] of one synthesis."""
-        image, features = self.generator.synthesis_from_styles(styles, noise_mode=self.noise_mode,
-                                                               return_features=True)
-        return Result(image.float(), self.segmenter.logits(features).argmax(1))
+    def _render_styles(self, styles, labels: bool = True) -> Result:
+        """Image [B, 3, H, W] (float32) and labels [B, h, w] (None if not asked for): one synthesis per
+        limits.synthesis_batch rows (at most limits.scales_per_call rows in all), so a long list of scales never
+        becomes one huge batch."""
+        rows = styles[0].shape[0]
+        limits.check("scales_per_call", rows, "results asked of one apply call")
+        chunk = limits.get("synthesis_batch")
+        images, label_maps = [], []
+        for start in range(0, rows, chunk):
+            part = [s[start:start + chunk] for s in styles]
+            if not labels:
+                images.append(self.generator.synthesis_from_styles(part, noise_mode=self.noise_mode).float())
+                continue
+            image, features = self.generator.synthesis_from_styles(part, noise_mode=self.noise_mode,
+                                                                   return_features=True)
+            images.append(image.float())
+            label_maps.append(self.segmenter.logits(features).argmax(1))
+        return Result(torch.cat(images), torch.cat(label_maps) if labels else None)
 
     @torch.no_grad()
     def apply(self, latent: Latent, vectors: dict) -> Result:
@@ -178,19 +218,22 @@ class Editor:
         return result if batched else Result(result.image[0], result.labels[0])
 
     @torch.no_grad()
-    def apply_many(self, items) -> Result:
+    def apply_many(self, items, labels: bool = True) -> Result:
         """Several edits of possibly different latents in ONE synthesis: `items` is a sequence of
         (latent, {vector: scale or [B_i] scales}); the result stacks every item's rows in order (images
-        [Σ B_i, 3, H, W], labels [Σ B_i, h, w]), each row equal to what `apply` gives for it alone."""
+        [Σ B_i, 3, H, W], labels [Σ B_i, h, w]), each row equal to what `apply` gives for it alone.
+        `labels=False` skips the segmentation (labels None): an image-only preview, e.g. while a slider moves."""
         items = list(items)
         if not items:
             raise ValueError("apply_many needs at least one (latent, vectors) item")
-        per_item = []
+        per_item, rows = [], 0
         for i, item in enumerate(items):
             if not isinstance(item, (tuple, list)) or len(item) != 2:
                 raise ValueError(f"apply_many: item {i} must be a (latent, {{vector: scale}}) pair")
             per_item.append(self._edited_styles(*item)[0])
-        return self._render_styles([torch.cat(layer) for layer in zip(*per_item)])
+            rows += per_item[-1][0].shape[0]
+            limits.check("scales_per_call", rows, f"results asked of one apply_many call (by item {i})")
+        return self._render_styles([torch.cat(layer) for layer in zip(*per_item)], labels)
 
     # ----------------------------------------------------------------------------------------- optimizing
     def _lpips_or_warn(self):
@@ -374,10 +417,13 @@ def _check_finite(label: str, finite: torch.Tensor, best: torch.Tensor, step: in
                             f"scales) are out of range for this generator", best=best.detach().clone(), step=step)
 
 
-def _frozen(module):
-    module.eval()
-    module.requires_grad_(False)
-    return module
+def _frozen_copy(module):
+    """The module in eval mode without gradients, leaving the caller's module as it was: a copy whose parameters
+    are new Parameter objects over the same storage (no weight is duplicated) and whose buffers are shared until
+    moved (`.to()` replaces a copy's tensors, never the original's)."""
+    memo = {id(t): t for t in module.buffers()}
+    memo.update({id(p): torch.nn.Parameter(p.detach(), requires_grad=False) for p in module.parameters()})
+    return copy.deepcopy(module, memo).eval()
 
 
 def _scale_matrix(vectors: dict) -> tuple[torch.Tensor, bool]:
@@ -394,6 +440,7 @@ def _scale_matrix(vectors: dict) -> tuple[torch.Tensor, bool]:
     if len(lengths) > 1:
         raise ValueError(f"all scale sequences must have the same length, got lengths {sorted(lengths)}")
     batch = lengths.pop() if lengths else 0
+    limits.check("scales_per_call", batch, "scales in one call")
     if batch == 0 and any(c.ndim == 1 for c in columns):
         raise ValueError("scale sequences must not be empty")
     rows = max(batch, 1)

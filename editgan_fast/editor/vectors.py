@@ -1,26 +1,33 @@
 """Editing vectors: an offset δ in w+ space that performs one semantic edit, and a named collection of them.
 
-File format (ours): one `.npz` written without pickle, loadable with `numpy.load(allow_pickle=False)`:
-    meta        a 0-d unicode array holding JSON: {"format": "editgan-fast-vectors", "version": 1,
-                "vectors": [{"name", "classes", "fingerprint", "num_ws", "style_dim"}, ...]}
-    delta_<i>   float32 [num_ws, style_dim], the i-th vector's δ (in the order of "vectors")
+File formats (ours), both written atomically and read without pickle:
+- `.safetensors` (the default; the model-sharing ecosystem's convention): tensors `delta_<i>` float32
+  [num_ws, style_dim], and in the header's string metadata "format" = "editgan-fast-vectors", "version" = "1",
+  "vectors" = JSON [{"name", "classes", "fingerprint", "num_ws", "style_dim"}, ...] (in the order of the tensors).
+- `.npz` (still read and written): `meta`, a 0-d unicode array holding JSON {"format", "version", "vectors"} as
+  above, and the same `delta_<i>` arrays.
 `EditVector.save` writes a library of one. EditGAN's own vector files (`.npy`, float32 [1, num_ws, 512]) are
 imported with `EditVector.from_editgan_npy`; they carry no classes or generator fingerprint, so the caller
-names the generator they belong to.
+names the generator they belong to. Every array is checked against `editgan_fast.limits` before it is read.
 """
 from __future__ import annotations
 
 import json
-import zipfile
+import math
+import os
 from pathlib import Path
 
 import numpy as np
+import safetensors
+import safetensors.numpy
 import torch
 
-from ..errors import FileFormatError, MismatchError
+from .. import io, limits
+from ..errors import FileFormatError, InputValueError, LimitExceeded, MismatchError
 
 FORMAT = "editgan-fast-vectors"
 VERSION = 1
+SUFFIXES = (".safetensors", ".npz")
 
 
 class VectorFileError(FileFormatError):
@@ -32,15 +39,17 @@ class VectorMismatchError(MismatchError):
 
 
 def wplus_matrix(t, what: str) -> torch.Tensor:
-    """A float tensor [num_ws, style_dim] (EditGAN's [1, num_ws, style_dim] accepted), or a ValueError naming
-    `what` and the shape it got."""
+    """A finite float tensor [num_ws, style_dim] (EditGAN's [1, num_ws, style_dim] accepted), or an
+    InputValueError naming `what` and what is wrong."""
     if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-        raise ValueError(f"{what} must be a float tensor [num_ws, style_dim], got {type(t).__name__}"
-                         + (f" of {t.dtype}" if isinstance(t, torch.Tensor) else ""))
+        raise InputValueError(f"{what} must be a float tensor [num_ws, style_dim], got {type(t).__name__}"
+                              + (f" of {t.dtype}" if isinstance(t, torch.Tensor) else ""))
     if t.ndim == 3 and t.shape[0] == 1:
         t = t[0]
     if t.ndim != 2:
-        raise ValueError(f"{what} must have shape [num_ws, style_dim], got {tuple(t.shape)}")
+        raise InputValueError(f"{what} must have shape [num_ws, style_dim], got {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise InputValueError(f"{what} contains NaN or Inf")
     return t
 
 
@@ -52,12 +61,13 @@ class EditVector:
 
     def __init__(self, delta: torch.Tensor, classes=(), name: str = "edit", fingerprint: str = ""):
         delta = wplus_matrix(delta, "an editing vector's delta")
-        if not torch.isfinite(delta).all():
-            raise ValueError("delta contains NaN or Inf")
         self.delta = delta.detach().to("cpu", torch.float32).contiguous()
-        self.classes = tuple(sorted({int(c) for c in classes}))
+        try:
+            self.classes = tuple(sorted({int(c) for c in classes}))
+        except (TypeError, ValueError, OverflowError):
+            raise InputValueError(f"classes must be a sequence of integer class ids, got {classes!r}") from None
         if any(c < 0 for c in self.classes):
-            raise ValueError(f"class ids must be >= 0, got {self.classes}")
+            raise InputValueError(f"class ids must be >= 0, got {self.classes}")
         self.name = str(name)
         self.fingerprint = str(fingerprint)
 
@@ -115,9 +125,9 @@ class EditVector:
         if not path.is_file():
             raise VectorFileError(f"vector file {path} does not exist")
         try:
-            array = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise VectorFileError(f"{path} is not a NumPy .npy array file: {e}") from None
+            array = io.load_npy(path)
+        except FileFormatError as e:
+            raise VectorFileError(str(e)) from None
         if array.dtype.kind != "f":
             raise VectorFileError(f"{path}: an EditGAN vector holds floats, got dtype {array.dtype}")
         want = (generator.num_ws, generator.style_dim)
@@ -138,9 +148,10 @@ class VectorLibrary:
 
     def add(self, vector: EditVector) -> None:
         if not isinstance(vector, EditVector):
-            raise ValueError(f"a VectorLibrary holds EditVectors, got {type(vector).__name__}")
+            raise InputValueError(f"a VectorLibrary holds EditVectors, got {type(vector).__name__}")
         if vector.name in self._vectors:
-            raise ValueError(f"the library already has a vector named {vector.name!r}")
+            raise InputValueError(f"the library already has a vector named {vector.name!r}")
+        limits.check("vectors_per_library", len(self._vectors) + 1, "vectors in one library")
         self._vectors[vector.name] = vector
 
     @property
@@ -159,46 +170,101 @@ class VectorLibrary:
         except KeyError:
             raise KeyError(f"no vector named {name!r}; the library has {self.names}") from None
 
-    def save(self, path) -> Path:
-        path = Path(path)
-        if path.suffix != ".npz":
-            raise VectorFileError(f"vector files are .npz, got {path.name!r}")
-        meta = {"format": FORMAT, "version": VERSION,
+    def _header(self) -> dict:
+        return {"format": FORMAT, "version": VERSION,
                 "vectors": [{"name": v.name, "classes": list(v.classes), "fingerprint": v.fingerprint,
                              "num_ws": v.num_ws, "style_dim": v.style_dim} for v in self]}
+
+    def save(self, path) -> Path:
+        """Write the library atomically as `.safetensors` or `.npz` (by the file's suffix)."""
+        path = Path(path)
+        if path.suffix not in SUFFIXES:
+            raise VectorFileError(f"vector files are .safetensors (or .npz), got {path.name!r}")
         arrays = {f"delta_{i}": v.delta.numpy() for i, v in enumerate(self)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as f:  # a file object: numpy would otherwise append .npz to other names
-            np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+        header = self._header()
+        with io.atomic_write(path) as f:
+            if path.suffix == ".safetensors":
+                metadata = {"format": FORMAT, "version": str(VERSION), "vectors": json.dumps(header["vectors"])}
+                f.write(safetensors.numpy.save(arrays, metadata=metadata))
+            else:
+                np.savez(f, meta=np.array(json.dumps(header)), **arrays)
         return path
 
     @classmethod
     def load(cls, path, generator=None) -> "VectorLibrary":
-        """Read a file written by `save` (never unpickles); check every vector against `generator` if given."""
+        """Read a file written by `save` (never unpickles; sizes checked before reading); check every vector
+        against `generator` if given."""
         path = Path(path)
         if not path.is_file():
             raise VectorFileError(f"vector file {path} does not exist")
-        if path.suffix == ".npy":
+        head = io.file_magic(path, 9)
+        if head.startswith(io.NPY_MAGIC):
             raise VectorFileError(f"{path} is a bare .npy array (EditGAN's format?); import it with "
                                   f"EditVector.from_editgan_npy, which needs the generator it belongs to")
         try:
-            with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(str(data["meta"][()]))
-                if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-                    raise VectorFileError(f"{path} is not an {FORMAT} file of version {VERSION}")
-                vectors = []
-                for i, m in enumerate(meta["vectors"]):
-                    delta = torch.from_numpy(np.array(data[f"delta_{i}"]))
-                    if tuple(delta.shape) != (m["num_ws"], m["style_dim"]) or delta.dtype != torch.float32:
-                        raise VectorFileError(f"{path}: vector {m['name']!r} has a {delta.dtype} array of shape "
-                                              f"{tuple(delta.shape)}, its header says float32 "
-                                              f"[{m['num_ws']}, {m['style_dim']}]")
-                    vectors.append(EditVector(delta, m["classes"], m["name"], m["fingerprint"]))
-        except VectorFileError:
+            if head.startswith(io.ZIP_MAGIC):
+                arrays = io.load_npz(path)
+                if "meta" not in arrays or arrays["meta"].dtype.kind != "U" or arrays["meta"].ndim != 0:
+                    raise VectorFileError(f"{path} is an .npz without {FORMAT} metadata")
+                header = json.loads(str(arrays["meta"][()]))
+            elif len(head) == 9 and head[8:9] == b"{":
+                header, arrays = _read_safetensors(path)
+            else:
+                raise VectorFileError(f"{path} is not a readable vector file (.safetensors or .npz)")
+            library = cls(_vectors_from(path, header, arrays))
+        except (VectorFileError, LimitExceeded):
             raise
-        except (ValueError, KeyError, TypeError, OSError, zipfile.BadZipFile, json.JSONDecodeError) as e:
-            raise VectorFileError(f"{path} is not a readable {FORMAT} .npz file: {type(e).__name__}: {e}") from None
+        except (FileFormatError, InputValueError) as e:
+            raise VectorFileError(f"{path}: {e}" if str(path) not in str(e) else str(e)) from None
+        except (ValueError, KeyError, TypeError, AttributeError, json.JSONDecodeError) as e:
+            raise VectorFileError(f"{path} is not a readable {FORMAT} file: {type(e).__name__}: {e}") from None
         if generator is not None:
-            for v in vectors:
+            for v in library:
                 v.check_for(generator)
-        return cls(vectors)
+        return library
+
+
+def _read_safetensors(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(header, {name: array}) of a vectors `.safetensors`; shapes checked against the limits before reading."""
+    try:
+        with safetensors.safe_open(os.fspath(path), framework="np") as f:
+            metadata = f.metadata() or {}
+            header = {"format": metadata.get("format"), "version": metadata.get("version"),
+                      "vectors": json.loads(metadata.get("vectors", "null"))}
+            header["version"] = int(header["version"]) if str(header["version"]).isdigit() else None
+            keys = list(f.keys())
+            limits.check("vectors_per_library", len(keys), f"{path} holds {len(keys)} tensors")
+            arrays, total = {}, 0
+            for key in keys:
+                shape = f.get_slice(key).get_shape()
+                total += math.prod(shape) * 4
+                limits.check("array_bytes", total, f"{path}: tensor {key!r} of shape {shape} (with those before)")
+                arrays[key] = f.get_tensor(key)
+    except safetensors.SafetensorError as e:
+        raise VectorFileError(f"{path} is not a readable .safetensors file: {e}") from None
+    return header, arrays
+
+
+def _vectors_from(path, header: dict, arrays: dict[str, np.ndarray]) -> list[EditVector]:
+    """The EditVectors of a vector file's header and arrays, each array checked against its header entry."""
+    if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("version") != VERSION:
+        raise VectorFileError(f"{path} is not an {FORMAT} file of version {VERSION}")
+    entries = header["vectors"]
+    if not isinstance(entries, list):
+        raise VectorFileError(f"{path}: the header's vector list is a {type(entries).__name__}")
+    limits.check("vectors_per_library", len(entries), f"{path} lists {len(entries)} vectors")
+    vectors = []
+    for i, m in enumerate(entries):
+        if f"delta_{i}" not in arrays:
+            raise VectorFileError(f"{path}: vector {i} ({m.get('name')!r}) has no array delta_{i}")
+        delta = arrays[f"delta_{i}"]
+        if tuple(delta.shape) != (m["num_ws"], m["style_dim"]) or delta.dtype != np.float32:
+            raise VectorFileError(f"{path}: vector {m['name']!r} has a {delta.dtype} array of shape "
+                                  f"{tuple(delta.shape)}, its header says float32 [{m['num_ws']}, {m['style_dim']}]")
+        if not isinstance(m["name"], str) or not isinstance(m["fingerprint"], str):
+            raise VectorFileError(f"{path}: vector {i}'s name and fingerprint must be strings")
+        try:
+            vectors.append(EditVector(torch.from_numpy(np.array(delta)), m["classes"], m["name"], m["fingerprint"]))
+        except InputValueError as e:
+            raise VectorFileError(f"{path}: vector {m['name']!r}: {e}") from None
+    return vectors

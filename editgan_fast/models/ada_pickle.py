@@ -156,13 +156,21 @@ def load_ada_generator(path):
     try:
         with open(path, "rb") as fh:
             data = _RestrictedUnpickler(fh).load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-        raise CheckpointError(f"{path}: not a readable pickle ({e})") from None
+    except CheckpointError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            RuntimeError, MemoryError, RecursionError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("G_ema"), PersistentRecord):
         raise CheckpointError(f"{path}: expected a StyleGAN2-ADA pickle with a 'G_ema' network")
-    sd, w_avg, conv_clamp = _ada_to_rosinality(data["G_ema"])
-    # Blur/upsample kernels are fixed buffers of the architecture: take them from a freshly built generator.
-    fresh = Generator(**infer_architecture(sd)).state_dict()
-    sd = {k: (fresh[k] if v is None else v) for k, v in sd.items()}
+    try:
+        sd, w_avg, conv_clamp = _ada_to_rosinality(data["G_ema"])
+        # Blur/upsample kernels are fixed buffers of the architecture: take them from a freshly built generator.
+        fresh = Generator(**infer_architecture(sd)).state_dict()
+        sd = {k: (fresh[k] if v is None else v) for k, v in sd.items()}
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: the StyleGAN2-ADA network is malformed: {type(e).__name__}: {e}") from None
     return generator_from_state_dict(sd, w_avg, source=str(path), conv_clamp=conv_clamp)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .checks import check_state_dict, torch_load
 from .errors import CheckpointError
 
 _GROUPS = ("course_styles", "medium_styles", "fine_styles")  # read p4, p3, p2 respectively
@@ -175,31 +176,29 @@ def arch_from_state_dict(sd) -> EncoderArch:
 def load_encoder(path, generator, map_location="cpu") -> FPNEncoder:
     """Load EditGAN's `{'model_state_dict': ...}` encoder checkpoint for `generator` (frozen, eval mode)."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"encoder file {path} does not exist")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"encoder file {path} is not a PyTorch checkpoint that loads with weights_only=True: "
-                              f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+    obj = torch_load(path, "encoder file")
     sd = obj.get("model_state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(sd, dict):
         raise CheckpointError(f"encoder file {path} holds no state dict (expected {{'model_state_dict': ...}})")
-    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    sd = check_state_dict({k.removeprefix("module.") if isinstance(k, str) else k: v for k, v in sd.items()},
+                          f"encoder file {path}")
     try:
         arch = arch_from_state_dict(sd)
     except KeyError as e:
         raise CheckpointError(f"encoder file {path} is not an EditGAN FPN encoder: missing key {e}") from None
+    except (IndexError, ValueError, ZeroDivisionError) as e:
+        raise CheckpointError(f"encoder file {path} is not an EditGAN FPN encoder: {type(e).__name__}: {e}") \
+            from None
     if arch.num_ws != generator.num_ws:
         raise CheckpointError(f"encoder file {path} predicts {arch.num_ws} w+ entries, but the generator has "
                               f"num_ws = {generator.num_ws}: the encoder was trained for another resolution")
     if arch.style_dim != generator.style_dim:
         raise CheckpointError(f"encoder file {path} predicts {arch.style_dim}-d styles, but the generator's w has "
                               f"{generator.style_dim} dimensions")
-    encoder = FPNEncoder(arch)
     try:
+        encoder = FPNEncoder(arch)
         encoder.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
         raise CheckpointError(f"encoder file {path} does not match EditGAN's encoder layout: "
                               f"{' '.join(str(e).split())[:600]}") from None
-    return encoder.requires_grad_(False).eval()
+    return encoder.requires_grad_(False).eval().to(map_location)

@@ -26,9 +26,13 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
+from ..errors import InputValueError
 from ..ops.upfirdn2d import setup_filter
 
 NOISE_MODES = ("const", "random", "none")
+# Not part of the generator's identity: the mean latent is a statistic (stored or estimated), and editing vectors
+# recorded fingerprints before it was in the state dict.
+FINGERPRINT_EXCLUDES = ("latent_avg",)
 
 
 def default_channels(channel_multiplier: int = 2) -> dict[int, int]:
@@ -75,6 +79,10 @@ class _FrozenWeightCache:
             self.value = (w, w.square().sum(dim=[2, 3]))
             self.key = key
         return self.value
+
+    def __deepcopy__(self, memo):
+        # Derived from the weight: a copied module recomputes it instead of duplicating it.
+        return _FrozenWeightCache()
 
 
 class ModulatedConv2d(torch.nn.Module):
@@ -187,7 +195,9 @@ class Generator(torch.nn.Module):
             in_ch = out_ch
         self.num_ws = log_size * 2 - 2
         self.num_layers = num_layers
-        self.register_buffer("latent_avg", torch.zeros(1, style_dim), persistent=False)
+        # Persistent (a state dict round trip keeps it); all zeros means "not known yet" (StyleGAN2-ADA's w_avg
+        # starts at zero too). Optional when loading: rosinality's g_ema state dicts keep it outside.
+        self.register_buffer("latent_avg", torch.zeros(1, style_dim))
         self._has_latent_avg = False
 
     # ----------------------------------------------------------------------------------------------- latents
@@ -197,10 +207,18 @@ class Generator(torch.nn.Module):
 
     def mapping(self, z):
         if not isinstance(z, torch.Tensor) or z.ndim != 2 or z.shape[1] != self.style_dim:
-            raise ValueError(f"z must be [N, {self.style_dim}], got "
-                             f"{tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__}")
+            raise ValueError(f"z must be [N, {self.style_dim}], got {_describe(z)}")
         self._check_latent_dtype(z)
         return self.style(z)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        key = prefix + "latent_avg"
+        if key not in state_dict:
+            state_dict[key] = torch.zeros_like(self.latent_avg)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        self._has_latent_avg = bool(self.latent_avg.any())
 
     def set_mean_latent(self, w):
         """Use a checkpoint's stored mean latent (rosinality latent_avg, StyleGAN2-ADA w_avg)."""
@@ -235,6 +253,19 @@ class Generator(torch.nn.Module):
                              f"{self.style_dim}]), got {tuple(wplus.shape)}")
         self._check_latent_dtype(wplus)
         return wplus
+
+    def forward(self, latent, truncation: float = 1.0, noise_mode="const", return_features=False):
+        """The image [N, 3, H, W] of z [N, style_dim] (mapped, then truncated towards the mean latent by
+        `truncation`, and broadcast to every layer) or of w+ [N, num_ws, style_dim] (used as is)."""
+        if isinstance(latent, torch.Tensor) and latent.ndim == 2:
+            w = self.mapping(latent)
+            if truncation != 1:
+                w = self.truncate(w, truncation)
+            latent = w[:, None].expand(-1, self.num_ws, -1)
+        elif not isinstance(latent, torch.Tensor) or latent.ndim != 3:
+            raise InputValueError(f"the generator takes z [N, {self.style_dim}] or w+ [N, {self.num_ws}, "
+                             f"{self.style_dim}], got {_describe(latent)}")
+        return self.synthesis(latent, noise_mode, return_features)
 
     # -------------------------------------------------------------------------------------------- synthesis
     def _layers(self):
@@ -297,6 +328,12 @@ class Generator(torch.nn.Module):
         """Short stable hash of the architecture and weights (editing vectors record it)."""
         h = hashlib.sha256(f"{self.resolution}/{self.style_dim}/{self.num_ws}/{self.conv_clamp}".encode())
         for name, t in sorted(self.state_dict().items()):
+            if name in FINGERPRINT_EXCLUDES:
+                continue
             h.update(name.encode())
             h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
+
+
+def _describe(t) -> str:
+    return str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .checks import check_state_dict, torch_load
 from .errors import CheckpointError
 
 # torchvision's vgg16().features: 3x3 convs (padding 1) each followed by an in-place ReLU, "M" = MaxPool2d(2).
@@ -53,20 +54,18 @@ class _LinLayer(torch.nn.Module):
         self.model = torch.nn.Sequential(torch.nn.Identity(), torch.nn.Conv2d(channels, 1, 1, bias=False))
 
 
-def _load_file(path, what, map_location):
+def _load_file(path, what):
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} file {path} does not exist (LPIPS weights are never downloaded; "
                               f"pass local files)")
-    try:
-        # The lpips package's files were saved from CUDA tensors: map_location makes them load anywhere.
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{what} file {path} is not a PyTorch checkpoint that loads with weights_only=True: "
-                              f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+    # The lpips package's files were saved from CUDA tensors: torch_load maps them to the CPU.
+    obj = torch_load(path, f"{what} file")
     if not isinstance(obj, dict):
         raise CheckpointError(f"{what} file {path} holds a {type(obj).__name__}, not a state dict")
-    return {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    tensors = {k.removeprefix("module."): v for k, v in obj.items()
+               if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    return check_state_dict(tensors, f"{what} file {path}")
 
 
 def _take(sd, module: torch.nn.Module, prefix: str, path, what):
@@ -99,11 +98,11 @@ class LPIPS(torch.nn.Module):
         """vgg_path: torchvision VGG16 state dict (`features.*`; `classifier.*` ignored).
         lin_path: lpips v0.1 VGG lin weights (`lin{0..4}.model.1.weight`)."""
         model = cls()
-        _take(_load_file(vgg_path, "VGG16", map_location), model.features, "features.", vgg_path, "VGG16")
-        lin = _load_file(lin_path, "LPIPS lin", map_location)
+        _take(_load_file(vgg_path, "VGG16"), model.features, "features.", vgg_path, "VGG16")
+        lin = _load_file(lin_path, "LPIPS lin")
         for k in range(len(_CHANNELS)):
             _take(lin, getattr(model, f"lin{k}"), f"lin{k}.", lin_path, "LPIPS lin")
-        return model
+        return model.to(map_location)
 
     def _taps(self, x):
         out, start = [], 0

@@ -16,13 +16,14 @@ What EditGAN (github:nv-tlabs/editGAN_release) does, and what we do:
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
 import torch
 
-from ..ops.seg_head import MODES, PixelMLP, seg_head
+from ..ops.seg_head import MODES, PixelMLP, crop_box, seg_head, upsample_feature
+from ..errors import InputValueError
+from .checks import check_classifier
 from .errors import CheckpointError
 
 _LINEAR = (0, 3, 6)   # indices of the Linear layers in `layers`
@@ -37,17 +38,94 @@ def _expected_keys() -> set[str]:
     return keys
 
 
-class Segmenter(torch.nn.Module):
-    """Frozen ensemble of PixelMLPs; `logits` runs the `seg_head` op on the active backend."""
+class PixelClassifier(torch.nn.Module):
+    """EditGAN's `pixel_classifier`, layer for layer (its state dict has exactly EditGAN's `layers.{0..6}.*` keys):
+    Linear(D,H1) ReLU BatchNorm1d(H1) Linear(H1,H2) ReLU BatchNorm1d(H2) Linear(H2,C)."""
 
-    def __init__(self, members: list[PixelMLP], out_size, crop=None, mode: str = "bilinear"):
+    def __init__(self, in_features: int, num_classes: int, hidden=(128, 32), eps: float = _BN_EPS,
+                 device=None, dtype=None):
         super().__init__()
-        if not members:
+        h1, h2 = hidden
+        kw = {"device": device, "dtype": dtype}
+        self.layers = torch.nn.Sequential(
+            torch.nn.Linear(in_features, h1, **kw), torch.nn.ReLU(), torch.nn.BatchNorm1d(h1, eps=eps, **kw),
+            torch.nn.Linear(h1, h2, **kw), torch.nn.ReLU(), torch.nn.BatchNorm1d(h2, eps=eps, **kw),
+            torch.nn.Linear(h2, num_classes, **kw))
+
+    @property
+    def in_features(self) -> int:
+        return self.layers[0].in_features
+
+    @property
+    def num_classes(self) -> int:
+        return self.layers[6].out_features
+
+    def forward(self, pixels):
+        """pixels [P, D] -> logits [P, C]."""
+        return self.layers(pixels)
+
+    def pixel_mlp(self) -> PixelMLP:
+        """The frozen view the `seg_head` op reads (detached tensors sharing this module's storage)."""
+        lin = [self.layers[i] for i in _LINEAR]
+        bns = [self.layers[i] for i in _BATCHNORM]
+        if bns[0].eps != bns[1].eps:
+            raise ValueError(f"the seg_head op needs one BatchNorm eps per classifier, got {bns[0].eps} and "
+                             f"{bns[1].eps}")
+        return PixelMLP(weights=tuple(m.weight.detach() for m in lin), biases=tuple(m.bias.detach() for m in lin),
+                        bn_mean=tuple(b.running_mean.detach() for b in bns),
+                        bn_var=tuple(b.running_var.detach() for b in bns),
+                        bn_weight=tuple(b.weight.detach() for b in bns), bn_bias=tuple(b.bias.detach() for b in bns),
+                        bn_eps=bns[0].eps)
+
+    @classmethod
+    def from_pixel_mlp(cls, m: PixelMLP) -> "PixelClassifier":
+        w = m.weights[0]
+        module = cls(m.in_features, m.num_classes, hidden=(m.weights[0].shape[0], m.weights[1].shape[0]),
+                     eps=m.bn_eps, device=w.device, dtype=w.dtype)
+        module.load_state_dict(_pixel_mlp_state_dict(m), strict=False)  # num_batches_tracked stays 0
+        return module
+
+
+def _pixel_mlp_state_dict(m: PixelMLP) -> dict[str, torch.Tensor]:
+    sd = {}
+    for i, w, b in zip(_LINEAR, m.weights, m.biases):
+        sd[f"layers.{i}.weight"], sd[f"layers.{i}.bias"] = w, b
+    for j, i in enumerate(_BATCHNORM):
+        sd[f"layers.{i}.weight"], sd[f"layers.{i}.bias"] = m.bn_weight[j], m.bn_bias[j]
+        sd[f"layers.{i}.running_mean"], sd[f"layers.{i}.running_var"] = m.bn_mean[j], m.bn_var[j]
+    return sd
+
+
+def _as_classifier(m) -> PixelClassifier:
+    if isinstance(m, PixelClassifier):
+        return m
+    if isinstance(m, PixelMLP):
+        return PixelClassifier.from_pixel_mlp(m)
+    raise InputValueError(f"a segmenter member must be a PixelClassifier or a PixelMLP, got {type(m).__name__}")
+
+
+class Segmenter(torch.nn.Module):
+    """Ensemble of EditGAN pixel classifiers (registered submodules `classifiers.{i}.layers.*`).
+
+    Built in eval mode. In eval mode (how the editor uses it) `logits` runs the `seg_head` op on the active backend with the
+    classifiers frozen (gradients reach the features only). In train mode it runs the modules themselves
+    (BatchNorm on batch statistics, gradients to the classifiers' parameters), so the ensemble can be trained.
+    The op reads `members`, frozen views of the classifiers rebuilt after `.to()`, `train()`/`eval()` and
+    `load_state_dict`; after changing weights in place by other means, call `eval()` again.
+    """
+
+    def __init__(self, members, out_size, crop=None, mode: str = "bilinear"):
+        super().__init__()
+        classifiers = [_as_classifier(m) for m in members]
+        if not classifiers:
             raise ValueError("a Segmenter needs at least one classifier")
+        for i, c in enumerate(classifiers):
+            if (c.in_features, c.num_classes) != (classifiers[0].in_features, classifiers[0].num_classes):
+                raise InputValueError(f"classifier {i} maps {c.in_features} features to {c.num_classes} classes, "
+                                 f"classifier 0 maps {classifiers[0].in_features} to {classifiers[0].num_classes}")
         if mode not in MODES:
             raise ValueError(f"upsample mode must be one of {MODES}, got {mode!r}")
-        self.members = list(members)
-        self.num_classes = members[0].num_classes
+        self.classifiers = torch.nn.ModuleList(classifiers)
         self.out_size = (int(out_size), int(out_size)) if isinstance(out_size, int) else tuple(map(int, out_size))
         h, w = self.out_size
         if crop is not None:
@@ -56,10 +134,28 @@ class Segmenter(torch.nn.Module):
                 raise ValueError(f"crop must be (y0, y1, x0, x1) inside the output size {h}x{w}, got {crop}")
         self.crop = crop
         self.mode = mode
+        self._members = None
+        self.register_load_state_dict_post_hook(lambda module, _: module._forget_members())
+        self.eval()  # classifiers arrive trained (files, PixelMLPs): inference is the default
+
+    @property
+    def members(self) -> list[PixelMLP]:
+        """Frozen views of the classifiers, as the `seg_head` op takes them."""
+        if self._members is None:
+            self._members = [c.pixel_mlp() for c in self.classifiers]
+        return self._members
+
+    def _forget_members(self):
+        # New view objects: the backends' packed-weight caches are keyed by the members' identity.
+        self._members = None
+
+    @property
+    def num_classes(self) -> int:
+        return self.classifiers[0].num_classes
 
     @property
     def in_features(self) -> int:
-        return self.members[0].in_features
+        return self.classifiers[0].in_features
 
     @property
     def label_size(self) -> tuple[int, int]:
@@ -68,12 +164,32 @@ class Segmenter(torch.nn.Module):
         y0, y1, x0, x1 = self.crop
         return (y1 - y0, x1 - x0)
 
+    def extra_repr(self) -> str:
+        return f"out_size={self.out_size}, crop={self.crop}, mode={self.mode!r}, num_classes={self.num_classes}"
+
     def logits(self, features, region=None, mode=None):
         """Mean ensemble logits [N, C, h, w], or [N, C, P] for the pixels of a bool `region` [h, w]."""
-        return seg_head(list(features), self.members, self.out_size, crop=self.crop, mode=mode or self.mode,
-                        region=region)
+        mode = mode or self.mode
+        if self.training:
+            return self._module_logits(list(features), region, mode)
+        return seg_head(list(features), self.members, self.out_size, crop=self.crop, mode=mode, region=region)
 
     forward = logits
+
+    def _module_logits(self, features, region, mode):
+        """The classifiers as modules over the materialized feature stack (training: no fast path needed)."""
+        dim = sum(f.shape[1] for f in features)
+        if dim != self.in_features:
+            raise InputValueError(f"the classifiers expect {self.in_features} feature channels, the generator's "
+                             f"feature maps have {dim}")
+        y0, y1, x0, x1 = crop_box(self.out_size, self.crop)
+        stack = torch.cat([upsample_feature(f, self.out_size, mode)[:, :, y0:y1, x0:x1] for f in features], 1)
+        pixels = stack.permute(0, 2, 3, 1)                      # [N, h, w, D]
+        if region is not None:
+            pixels = pixels[:, region.to(stack.device)]          # [N, P, D]
+        flat = pixels.reshape(-1, dim)
+        logits = sum(c(flat) for c in self.classifiers) / len(self.classifiers)
+        return logits.reshape(*pixels.shape[:-1], self.num_classes).movedim(-1, 1)
 
     def predict(self, features) -> torch.Tensor:
         """Labels [N, h, w] (int64): the argmax of the mean logits, as EditGAN segments."""
@@ -81,42 +197,38 @@ class Segmenter(torch.nn.Module):
             return self.logits(features).argmax(1)
 
     def _apply(self, fn, recurse=True):
-        # The members are plain tensors in frozen dataclasses, not parameters: move/cast them here so that
-        # .to(), .double(), .cuda() reach them like any module state.
-        self.members = [_map_tensors(m, fn) for m in self.members]
+        self._forget_members()
         return super()._apply(fn, recurse)
+
+    def train(self, mode: bool = True):
+        self._forget_members()
+        return super().train(mode)
+
+    def __getstate__(self):
+        # The views are derived state: a copy or a pickle rebuilds them instead of duplicating the weights.
+        return {**super().__getstate__(), "_members": None}
 
     def save(self, directory, name="model_{}.pth") -> list[Path]:
         """Write every member in EditGAN's format as directory/name.format(i); returns the paths."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        paths = [directory / name.format(i) for i in range(len(self.members))]
-        for m, p in zip(self.members, paths):
+        paths = [directory / name.format(i) for i in range(len(self.classifiers))]
+        for m, p in zip(self.classifiers, paths):
             save_classifier(m, p)
         return paths
 
 
-def _map_tensors(m: PixelMLP, fn) -> PixelMLP:
-    return dataclasses.replace(m, **{f.name: tuple(fn(t) for t in getattr(m, f.name))
-                                     for f in dataclasses.fields(m) if f.name != "bn_eps"})
+def classifier_state_dict(m) -> dict[str, torch.Tensor]:
+    """A member (PixelClassifier or PixelMLP) as EditGAN's `pixel_classifier.state_dict()` (no `module.`)."""
+    return {k: v.detach().cpu().contiguous() for k, v in _as_classifier(m).state_dict().items()}
 
 
-def classifier_state_dict(m: PixelMLP) -> dict[str, torch.Tensor]:
-    """The member as EditGAN's `pixel_classifier.state_dict()` (no `module.` prefix)."""
-    sd = {}
-    for i, w, b in zip(_LINEAR, m.weights, m.biases):
-        sd[f"layers.{i}.weight"], sd[f"layers.{i}.bias"] = w, b
-    for j, i in enumerate(_BATCHNORM):
-        sd[f"layers.{i}.weight"], sd[f"layers.{i}.bias"] = m.bn_weight[j], m.bn_bias[j]
-        sd[f"layers.{i}.running_mean"], sd[f"layers.{i}.running_var"] = m.bn_mean[j], m.bn_var[j]
-        sd[f"layers.{i}.num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
-    return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
-
-
-def save_classifier(m: PixelMLP, path, data_parallel: bool = True) -> None:
+def save_classifier(m, path, data_parallel: bool = True) -> None:
     """Save one member as EditGAN does: {'model_state_dict': ...}, keys prefixed `module.` (DataParallel)."""
-    if m.bn_eps != _BN_EPS:
-        raise ValueError(f"EditGAN's format cannot record BatchNorm eps={m.bn_eps} (it is always {_BN_EPS})")
+    m = _as_classifier(m)
+    eps = {m.layers[i].eps for i in _BATCHNORM}
+    if eps != {_BN_EPS}:
+        raise ValueError(f"EditGAN's format cannot record BatchNorm eps={sorted(eps)} (it is always {_BN_EPS})")
     prefix = "module." if data_parallel else ""
     torch.save({"model_state_dict": {prefix + k: v for k, v in classifier_state_dict(m).items()}}, path)
 
@@ -142,8 +254,8 @@ def _shape_error(path, key, got, want):
     return CheckpointError(f"classifier file {path}: {key} has shape {tuple(got)}, expected {tuple(want)}")
 
 
-def classifier_from_state_dict(sd: dict[str, torch.Tensor], path="<state dict>") -> PixelMLP:
-    """Check every key and shape of one EditGAN pixel classifier and build its PixelMLP (float32)."""
+def classifier_from_state_dict(sd: dict[str, torch.Tensor], path="<state dict>") -> PixelClassifier:
+    """Check every key and shape of one EditGAN pixel classifier and build it (float32)."""
     expected = _expected_keys()
     missing = sorted(expected - sd.keys())
     unexpected = sorted(sd.keys() - expected - _OPTIONAL)
@@ -171,13 +283,11 @@ def classifier_from_state_dict(sd: dict[str, torch.Tensor], path="<state dict>")
                 raise _shape_error(path, f"layers.{i}.{p}", t[f"layers.{i}.{p}"].shape, (widths[j],))
         if (t[f"layers.{i}.running_var"] < 0).any():
             raise CheckpointError(f"classifier file {path}: layers.{i}.running_var has negative entries")
-    return PixelMLP(weights=tuple(t[f"layers.{i}.weight"] for i in _LINEAR),
-                    biases=tuple(t[f"layers.{i}.bias"] for i in _LINEAR),
-                    bn_mean=tuple(t[f"layers.{i}.running_mean"] for i in _BATCHNORM),
-                    bn_var=tuple(t[f"layers.{i}.running_var"] for i in _BATCHNORM),
-                    bn_weight=tuple(t[f"layers.{i}.weight"] for i in _BATCHNORM),
-                    bn_bias=tuple(t[f"layers.{i}.bias"] for i in _BATCHNORM),
-                    bn_eps=_BN_EPS)
+    module = PixelClassifier(t["layers.0.weight"].shape[1], widths[2], hidden=(widths[0], widths[1]))
+    # The training counters are kept when present, so that saving writes back what was read.
+    counters = {k: sd[k].to(torch.long) for k in _OPTIONAL & sd.keys() if sd[k].ndim == 0}
+    module.load_state_dict({**t, **counters}, strict=False)
+    return module
 
 
 def _classifier_paths(paths) -> list[Path]:
@@ -207,6 +317,7 @@ def load_segmenter(paths, generator, out_size=None, crop=None, upsample="bilinea
     members, first = [], None
     for path in _classifier_paths(paths):
         m = classifier_from_state_dict(_read_state_dict(path), path)
+        check_classifier(m, path)
         if m.in_features != dim:
             raise CheckpointError(
                 f"classifier file {path} takes {m.in_features} input features, but the generator's feature "
@@ -217,5 +328,6 @@ def load_segmenter(paths, generator, out_size=None, crop=None, upsample="bilinea
                                   f"{members[0].num_classes}: all ensemble members must agree")
         first = first or path
         members.append(m)
-    return Segmenter(members, out_size if out_size is not None else generator.resolution, crop=crop,
-                     mode=upsample)
+    segmenter = Segmenter(members, out_size if out_size is not None else generator.resolution, crop=crop,
+                          mode=upsample)
+    return segmenter.requires_grad_(False)

@@ -5,12 +5,17 @@ the reference's exact signature; this module collects them.
 """
 import importlib
 
+from .. import native
+
 
 DEVICES = {"cpu"}
 _GROUPS = ("_cpu_layers", "_cpu_seg")  # modules of editgan_fast.ops, each exporting OPS: {op name: function}
 
 
 def _native_error():
+    mismatch = native.torch_mismatch()  # checked first: importing a binary of another ABI may crash
+    if mismatch:
+        return mismatch
     try:
         importlib.import_module("editgan_fast._C")
     except ImportError as e:

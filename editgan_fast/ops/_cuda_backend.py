@@ -14,13 +14,16 @@ import importlib
 
 import torch
 
-from .. import backend
+from .. import backend, native
 
 DEVICES = {"cuda"}
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _extension_error():
+    mismatch = native.torch_mismatch()  # checked first: importing a binary of another ABI may crash
+    if mismatch:
+        return mismatch
     try:
         importlib.import_module("editgan_fast._cuda")
     except ImportError as e:

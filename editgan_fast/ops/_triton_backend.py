@@ -4,6 +4,11 @@ Runs on CUDA tensors. Under TRITON_INTERPRET=1 (Triton's CPU interpreter, how th
 a machine without a GPU) it also accepts CPU tensors. The storage dtype is the backend's compute dtype
 (`use_backend("triton", dtype=torch.bfloat16)`) or else the input's; accumulation is always fp32. Weights
 (modulated conv, segmentation members) are frozen: no gradient is returned for them.
+
+Sync-free: everything derived from frozen tensors or from shapes (packed conv weights, filter kernels, packed
+members, the seg head's map table, a region's pixel list) is built once and cached (`_DerivedCache`), so a
+warm `apply` or refinement step makes no device->host copy (.item, .tolist, nonzero, .cpu) and can be captured
+in a CUDA graph; tests/test_triton_sync_free.py checks that.
 """
 import importlib.util
 import weakref
@@ -29,6 +34,35 @@ def unavailable_reason():
     if not _INTERPRET and not torch.cuda.is_available():
         return "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on CPU tensors, slowly)"
     return None
+
+
+def _version(t):
+    try:
+        return t._version
+    except RuntimeError:  # an inference tensor has no version counter (and cannot be modified outside one)
+        return -1
+
+
+class _DerivedCache:
+    """Values derived from frozen tensors (weights, filters, ensemble members, masks), built once per tensor
+    set: keyed by the tensors' identities, rebuilt when one is modified in place (its version counter moves) or
+    when `extra` (shapes, dtypes, flags) changes, dropped when one is freed. Only the newest value per tensor
+    set is kept."""
+
+    def __init__(self):
+        self._entries = {}
+
+    def get(self, tensors, extra, build):
+        key = tuple(id(t) for t in tensors)
+        versions = tuple(_version(t) for t in tensors)
+        hit = self._entries.get(key)
+        if hit is not None and hit[1] == versions and hit[2] == extra and \
+                all(ref() is t for ref, t in zip(hit[0], tensors)):
+            return hit[3]
+        value = build()
+        refs = tuple(weakref.ref(t, lambda _, k=key: self._entries.pop(k, None)) for t in tensors)
+        self._entries[key] = (refs, versions, extra, value)
+        return value
 
 
 OPS = {}
@@ -103,20 +137,20 @@ if unavailable_reason() is None:
         return _Upfirdn2d.apply(x, f, up, down, parse_padding(padding), flip_filter, float(gain))
 
     # ---------------------------------------------------------------- modulated_conv2d
-    _packed_cache = {}  # id(weight) -> (weakref, version, key, packed): frozen weights are packed once
+    _packed_weights = _DerivedCache()  # (weight[, filter]) -> forward and input-gradient weights
+    _skip_kernels = _DerivedCache()    # (filter,) -> (ToRGB's skip upsampling kernel, its leading padding)
 
     def _packed(weight, up, resample_filter, dtype):
-        taps = None if resample_filter is None else tuple(resample_filter.tolist())
-        key = (up, taps, dtype, tuple(weight.shape))
-        hit = _packed_cache.get(id(weight))
-        if hit is not None and hit[0]() is weight and hit[1] == weight._version and hit[2] == key:
-            return hit[3]
-        pad0 = up_blur_padding(weight.shape[-1], resample_filter.shape[0])[0] if up == 2 else 0
-        packed = _mc.pack_weights(weight.detach(), up, resample_filter, pad0, dtype)
-        wid = id(weight)
-        _packed_cache[wid] = (weakref.ref(weight, lambda _: _packed_cache.pop(wid, None)), weight._version,
-                              key, packed)
-        return packed
+        """The layer's packed weights; up=2 folds the blur filter in, so the filter is part of the key."""
+        def build():
+            pad0 = up_blur_padding(weight.shape[-1], resample_filter.shape[0])[0] if up == 2 else 0
+            return _mc.pack_weights(weight.detach(), up, resample_filter, pad0, dtype)
+        tensors = (weight, resample_filter) if up == 2 else (weight,)
+        return _packed_weights.get(tensors, (up, dtype, tuple(weight.shape)), build)
+
+    def _skip_kernel(resample_filter):
+        return _skip_kernels.get((resample_filter,), (), lambda: (
+            _ud.correlation_kernel(resample_filter.detach(), False, 4.0), skip_padding(resample_filter.shape[0])[0]))
 
     class _ModulatedConv2d(torch.autograd.Function):
         @staticmethod
@@ -131,8 +165,7 @@ if unavailable_reason() is None:
                 d = torch.rsqrt(s.square() @ wsq.t() + eps).contiguous()
             skip_kernel, skip_pad0 = None, 0
             if skip is not None:
-                skip_kernel = _ud.correlation_kernel(resample_filter, False, 4.0)
-                skip_pad0 = skip_padding(resample_filter.shape[0])[0]
+                skip_kernel, skip_pad0 = _skip_kernel(resample_filter)
                 skip = skip.to(dtype).contiguous()
             xs = x.to(dtype).contiguous()
             need_grad = any(ctx.needs_input_grad[:5])
@@ -186,34 +219,52 @@ if unavailable_reason() is None:
                                       act, alpha, gain, clamp, eps)
 
     # ---------------------------------------------------------------- seg_head
+    _packed_members = _DerivedCache()  # every member tensor -> the folded, padded ensemble
+    _region_pixels = _DerivedCache()   # (region,) -> its pixels' int32 indices (nonzero: a sync, once per mask)
+    _layouts = {}                      # (feature shapes, device) -> the projection buffer's map table
+
+    def _members(members, dtype, device):
+        tensors = tuple(t for m in members for field in (m.weights, m.biases, m.bn_mean, m.bn_var, m.bn_weight,
+                                                         m.bn_bias) for t in field)
+        return _packed_members.get(tensors, (dtype, device, tuple(m.bn_eps for m in members)),
+                                   lambda: _sh.pack_members(members, dtype))
+
+    def _layout(features):
+        key = (tuple(tuple(f.shape) for f in features), features[0].device)
+        if key not in _layouts:
+            _layouts[key] = _sh.map_layout(key[0], key[1])
+        return _layouts[key]
+
+    def _pixels(region):
+        return _region_pixels.get((region,), (), lambda: region.reshape(-1).nonzero().reshape(-1).to(torch.int32))
+
     class _SegHead(torch.autograd.Function):
         @staticmethod
         def forward(ctx, members, out_size, box, mode, pixels, *features):
             dtype = _storage(features[0])
-            packed = _sh.pack_members(members, dtype)
-            proj, meta = _sh.project(features, packed, _dot_fp32(dtype), dtype)
-            out = _sh.head(proj, meta, packed, out_size, box, mode, pixels, features[0].shape[0],
+            packed = _members(members, dtype, features[0].device)
+            layout = _layout(features)
+            proj = _sh.project(features, packed, layout, _dot_fp32(dtype), dtype)
+            out = _sh.head(proj, layout[2], packed, out_size, box, mode, pixels, features[0].shape[0],
                            dtype, _dot_fp32(dtype))
-            ctx.save_for_backward(proj, meta, pixels, *features)
-            ctx.args = (packed, out_size, box, mode)
+            ctx.save_for_backward(proj, pixels, *features)
+            ctx.args = (packed, layout, out_size, box, mode)
             return out
 
         @staticmethod
         def backward(ctx, g):
-            proj, meta, pixels, *features = ctx.saved_tensors
-            packed, out_size, box, mode = ctx.args
-            gproj = _sh.head(proj, meta, packed, out_size, box, mode, pixels, g.shape[0], None,
+            proj, pixels, *features = ctx.saved_tensors
+            packed, layout, out_size, box, mode = ctx.args
+            gproj = _sh.head(proj, layout[2], packed, out_size, box, mode, pixels, g.shape[0], None,
                              _dot_fp32(proj.dtype), grad_logits=g.float().contiguous())
-            grads = _sh.feature_grads(gproj, meta, packed, features, _dot_fp32(proj.dtype))
+            grads = _sh.feature_grads(gproj, layout, packed, features, _dot_fp32(proj.dtype))
             return (None, None, None, None, None, *grads)
 
     def seg_head(features, members, out_size, crop=None, mode="bilinear", region=None):
         from .seg_head import crop_box
         out_size = (out_size, out_size) if isinstance(out_size, int) else tuple(out_size)
         box = crop_box(out_size, crop)
-        pixels = None
-        if region is not None:
-            pixels = region.reshape(-1).nonzero().reshape(-1).to(torch.int32)
+        pixels = None if region is None else _pixels(region)
         out = _SegHead.apply(members, out_size, box, mode, pixels, *features)
         if region is None:
             out = out.reshape(out.shape[0], out.shape[1], box[1] - box[0], box[3] - box[2])

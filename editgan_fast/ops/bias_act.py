@@ -8,6 +8,7 @@ import math
 import torch.nn.functional as F
 
 from .. import backend
+from . import _library
 from ._checks import check_tensor
 
 ACTIVATIONS = {"linear": 1.0, "lrelu": math.sqrt(2.0)}  # name -> default gain
@@ -41,5 +42,9 @@ def bias_act(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=None):
         check_tensor("b", b, ndim=1, device=x.device)
         if not 0 <= dim < x.ndim or b.shape[0] != x.shape[dim]:
             raise ValueError(f"bias has {b.shape[0]} entries but x has shape {tuple(x.shape)} (dim={dim})")
-    _defaults(act, alpha, gain)
-    return backend.resolve("bias_act", x)(x, b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)
+    alpha, gain = _defaults(act, alpha, gain)
+    name = backend.resolve_name("bias_act", x)
+    if _library.traced(name):
+        return _library.bias_act(x, b, dim, act, alpha, gain, None if clamp is None else float(clamp),
+                                 backend.current().dtype)
+    return backend.implementation("bias_act", name)(x, b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import backend
+from . import _library
 from ._checks import check_tensor
 from .bias_act import bias_act_reference, _defaults
 from .upfirdn2d import upfirdn2d_reference
@@ -81,13 +82,18 @@ def modulated_conv2d(x, weight, styles, demodulate=True, up=1, resample_filter=N
         raise ValueError("up=2 and skip need resample_filter (e.g. setup_filter([1, 3, 3, 1]))")
     if wsq is not None and tuple(wsq.shape) != (cout, cin):
         raise ValueError(f"wsq must be [{cout}, {cin}], got {tuple(wsq.shape)}")
-    _defaults(act, alpha, gain)
+    alpha, gain = _defaults(act, alpha, gain)
     oh, ow = x.shape[2] * up, x.shape[3] * up
     if skip is not None and tuple(skip.shape) != (n, cout, oh // 2, ow // 2) or skip is not None and oh % 2:
         raise ValueError(f"skip must be [{n}, {cout}, {oh // 2}, {ow // 2}] (half the {oh}x{ow} output, which "
                          f"must be even), got {tuple(skip.shape)}")
     if bias is not None and tuple(bias.shape) != (cout,):
         raise ValueError(f"bias must be [{cout}], got {tuple(bias.shape)}")
-    return backend.resolve("modulated_conv2d", x)(
+    name = backend.resolve_name("modulated_conv2d", x)
+    if _library.traced(name):
+        return _library.modulated_conv2d(x, weight, styles, resample_filter, wsq, noise, bias, skip, demodulate, up,
+                                         act, alpha, gain, None if clamp is None else float(clamp), eps,
+                                         backend.current().dtype)
+    return backend.implementation("modulated_conv2d", name)(
         x, weight, styles, demodulate=demodulate, up=up, resample_filter=resample_filter, wsq=wsq, noise=noise,
         bias=bias, act=act, alpha=alpha, gain=gain, clamp=clamp, skip=skip, eps=eps)

@@ -8,6 +8,8 @@
 `crop` = (y0, y1, x0, x1) in output pixels (EditGAN's car model: (64, 448, 0, 512)).
 `region`, a bool mask [h, w] of the (cropped) output, asks for the logits of those pixels only: the result is
 then [N, C, P] with P = region.sum(), pixels in row-major order. Fast backends evaluate only what is needed.
+`region` may also be those pixels' flat row-major indices (int64 [P], sorted, unique): the form to pass inside
+torch.compile, where turning a mask into indices is data-dependent (a graph break).
 
 The reference materializes the stack (it is the oracle) and refuses, with `MemoryBudgetExceeded`, when it would
 exceed `reference_memory_budget()` bytes (EDITGAN_FAST_REFERENCE_MEMORY_GB, 8 GiB by default). Fast backends
@@ -23,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import backend
+from . import _library
 from ..errors import LimitExceeded
 from ._checks import check_tensor
 
@@ -118,7 +121,7 @@ def seg_head_reference(features, members, out_size, crop=None, mode="bilinear", 
     stack = torch.cat([upsample_feature(f, out_size, mode)[:, :, y0:y1, x0:x1] for f in features], dim=1)
     pixels = stack.permute(0, 2, 3, 1)  # [N, h, w, D]
     if region is not None:
-        pixels = pixels[:, region]  # [N, P, D]
+        pixels = pixels[:, region] if region.dtype == torch.bool else pixels.flatten(1, 2)[:, region]  # [N, P, D]
     flat = pixels.reshape(-1, dim)
     out = [flat.new_zeros(0, members[0].num_classes)]  # an empty region gives [N, C, 0]
     for start in range(0, flat.shape[0], pixel_chunk):
@@ -152,10 +155,32 @@ def seg_head(features, members, out_size, crop=None, mode="bilinear", region=Non
     if mode not in MODES:
         raise ValueError(f"upsample mode must be one of {MODES}, got {mode!r}")
     out_size = (int(out_size), int(out_size)) if isinstance(out_size, int) else tuple(int(s) for s in out_size)
-    y0, y1, x0, x1 = crop_box(out_size, crop)
+    box = crop_box(out_size, crop)
     if region is not None:
-        if region.dtype != torch.bool or tuple(region.shape) != (y1 - y0, x1 - x0):
-            raise ValueError(f"region must be a bool mask of shape {(y1 - y0, x1 - x0)}, got "
-                             f"{region.dtype} {tuple(region.shape)}")
-        region = region.to(x.device)
-    return backend.resolve("seg_head", x)(features, members, out_size, crop=crop, mode=mode, region=region)
+        region = _checked_region(region, box).to(x.device)
+    name = backend.resolve_name("seg_head", x)
+    if _library.traced(name):
+        pixels = None if region is None else region.flatten().nonzero()[:, 0] if region.dtype == torch.bool \
+            else region
+        tensors, eps = _library.flatten_members(members)
+        return _library.seg_head(list(features), tensors, eps, list(out_size), None if crop is None else list(crop),
+                                 mode, pixels, backend.current().dtype)
+    if region is not None and region.dtype != torch.bool and not torch.compiler.is_compiling():
+        region = _library.region_mask(region, box, x.device)  # what every backend takes in eager mode
+    return backend.implementation("seg_head", name)(features, members, out_size, crop=crop, mode=mode,
+                                                    region=region)
+
+
+def _checked_region(region, box):
+    y0, y1, x0, x1 = box
+    shape = (y1 - y0, x1 - x0)
+    if region.dtype == torch.bool and tuple(region.shape) == shape:
+        return region
+    if region.dtype != torch.int64 or region.ndim != 1:
+        raise ValueError(f"region must be a bool mask of shape {shape} or int64 flat pixel indices, got "
+                         f"{region.dtype} {tuple(region.shape)}")
+    # Checking indices reads them on the host: done eagerly, not inside a compiled graph.
+    if not torch.compiler.is_compiling() and region.numel() and (
+            region.min() < 0 or region.max() >= shape[0] * shape[1] or (region.diff() <= 0).any()):
+        raise ValueError(f"region indices must be sorted, unique and inside the {shape[0]}x{shape[1]} output")
+    return region

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import backend
+from . import _library
 from ._checks import check_tensor
 
 
@@ -76,7 +77,11 @@ def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1.0):
     oh, ow = output_size(x.shape[2], x.shape[3], fh, fw, up, down, padding)
     if oh < 1 or ow < 1:
         raise ValueError(f"upfirdn2d output would be empty ({oh}x{ow}) for input {tuple(x.shape)}")
-    return backend.resolve("upfirdn2d", x)(x, f, up=up, down=down, padding=padding,
+    name = backend.resolve_name("upfirdn2d", x)
+    if _library.traced(name):
+        return _library.upfirdn2d(x, f, up, down, list(parse_padding(padding)), flip_filter, float(gain),
+                                  backend.current().dtype)
+    return backend.implementation("upfirdn2d", name)(x, f, up=up, down=down, padding=padding,
                                            flip_filter=flip_filter, gain=gain)
 
 

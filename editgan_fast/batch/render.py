@@ -1,0 +1,69 @@
+"""Render one shard: resolve its items' latents, apply every setting to `batch_size` latents per synthesis
+(`Editor.apply_many`), and encode each (item, setting) sample. The local and the Ray path both call this."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import io
+from ..errors import FileFormatError
+from .job import BatchJob, Item
+from .shards import Sample, encode_shard
+
+
+def load_latent_file(editor, path) -> torch.Tensor:
+    """w+ from a .npy, or from an .npz holding exactly one array (never unpickled)."""
+    g = editor.generator
+    if Path(path).suffix.lower() != ".npz":
+        return io.load_latent(path, g.num_ws, g.style_dim)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = [data[k] for k in data.files]
+    except (ValueError, OSError) as e:
+        raise FileFormatError(f"{path} is not a readable .npz latent: {e}") from None
+    if len(arrays) != 1 or arrays[0].dtype.kind != "f" or arrays[0].size != g.num_ws * g.style_dim:
+        raise FileFormatError(f"{path} must hold one float array of shape [{g.num_ws}, {g.style_dim}], got "
+                              f"{[(a.dtype.str, a.shape) for a in arrays]}")
+    return torch.from_numpy(arrays[0].reshape(g.num_ws, g.style_dim).astype(np.float32))
+
+
+def resolve_latent(editor, job: BatchJob, item: Item):
+    if item.kind == "seed":
+        return editor.sample(int(item.ref), truncation=job.truncation)
+    if item.kind == "latent":
+        return editor.latent(load_latent_file(editor, item.ref))
+    if item.kind == "photo":
+        return editor.embed(item.ref, steps=job.embed_steps)
+    raise ValueError(f"unknown item kind {item.kind!r}")
+
+
+def _scale_columns(job: BatchJob, vectors: dict) -> dict:
+    """{EditVector: [S scales]}: every setting of one latent as one batch (a vector absent from a setting: 0)."""
+    names = [name for name in vectors if any(name == n for s in job.settings for n, _ in s)]
+    return {vectors[name]: [dict(s).get(name, 0.0) for s in job.settings] for name in names}
+
+
+def render_shard(editor, job: BatchJob, shard: int) -> tuple[bytes, list[dict]]:
+    """The shard's tar bytes and its manifest rows (one per sample, in order)."""
+    vectors = job.vector_library()
+    for v in vectors.values():
+        v.check_compatible(editor.fingerprint, editor.generator.num_ws, editor.generator.style_dim)
+    columns = _scale_columns(job, vectors)
+    entries = job.shard_items(shard)
+    samples = []
+    for start in range(0, len(entries), job.batch_size):
+        chunk = [(index, item, resolve_latent(editor, job, item))
+                 for index, item in entries[start:start + job.batch_size]]
+        result = editor.apply_many([(latent, columns) for _, _, latent in chunk])
+        images, labels = result.image.cpu(), result.labels.cpu()
+        row = 0
+        for index, item, latent in chunk:
+            for k, setting in enumerate(job.settings):
+                wplus = editor.edited_wplus(latent, {vectors[name]: scale for name, scale in setting}).cpu()
+                samples.append(Sample(f"{index:07d}_{k:03d}", images[row], labels[row], wplus,
+                                      {"item": item.id, "kind": item.kind, "ref": item.ref,
+                                       "setting": dict(setting)}))
+                row += 1
+    return encode_shard(samples), [s.manifest_row() for s in samples]

@@ -1,0 +1,108 @@
+"""A load generator for the edit stream: K websocket clients, each on its own session, moving a slider for a
+fixed time on a running server. Closed loop: a client sends its next scale when the frame of the previous one
+arrived, so per-frame latency is the round trip of one slider move. Every wait is bounded."""
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import httpx
+import websockets
+
+RECEIVE_TIMEOUT_S = 120.0
+
+
+@dataclass
+class ClientRun:
+    latencies_s: list = field(default_factory=list)
+    batch_rows: list = field(default_factory=list)
+    last_frame: dict | None = None
+    last_scale: float | None = None
+
+
+@dataclass
+class LoadResult:
+    clients: int
+    seconds: float
+    runs: list
+
+    @property
+    def latencies_s(self) -> list:
+        return [t for r in self.runs for t in r.latencies_s]
+
+    @property
+    def frames(self) -> int:
+        return len(self.latencies_s)
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.frames / self.seconds
+
+    def percentile_ms(self, q: float) -> float:
+        values = sorted(self.latencies_s)
+        return 1e3 * values[min(len(values) - 1, math.ceil(q / 100 * len(values)) - 1)] if values else math.nan
+
+    @property
+    def max_batch_rows(self) -> int:
+        return max((b for r in self.runs for b in r.batch_rows), default=0)
+
+    @property
+    def mean_batch_rows(self) -> float:
+        rows = [b for r in self.runs for b in r.batch_rows]
+        return statistics.fmean(rows) if rows else math.nan
+
+
+def slider_positions(client: int):
+    """A slider sweeping back and forth over [-1.5, 1.5], each client at its own phase."""
+    step = 0
+    while True:
+        yield round(1.5 * math.sin(0.3 * step + client), 4)
+        step += 1
+
+
+async def _client(ws_url: str, vector: str, client: int, deadline: float, labels: bool) -> ClientRun:
+    run = ClientRun()
+    positions = slider_positions(client)
+    async with websockets.connect(ws_url, max_size=8 << 20, open_timeout=RECEIVE_TIMEOUT_S) as ws:
+        seq = 0
+        while time.perf_counter() < deadline:
+            seq += 1
+            scale = next(positions)
+            sent = time.perf_counter()
+            await ws.send(json.dumps({"seq": seq, "scales": {vector: scale}, "labels": labels}))
+            while True:
+                frame = json.loads(await asyncio.wait_for(ws.recv(), RECEIVE_TIMEOUT_S))
+                if "error" in frame:
+                    raise RuntimeError(f"the stream answered an error: {frame['message']}")
+                if frame["seq"] == seq:
+                    break
+            run.latencies_s.append(time.perf_counter() - sent)
+            run.batch_rows.append(frame["batch_rows"])
+            run.last_frame, run.last_scale = frame, scale
+    return run
+
+
+def create_sessions(base_url: str, count: int) -> list[str]:
+    with httpx.Client(base_url=base_url, timeout=RECEIVE_TIMEOUT_S) as http:
+        ids = []
+        for i in range(count):
+            response = http.post("/api/v1/sessions", json={"seed": 1000 + i})
+            response.raise_for_status()
+            ids.append(response.json()["id"])
+    return ids
+
+
+async def run_load(base_url: str, sessions: list[str], vector: str, seconds: float, labels: bool = True
+                   ) -> LoadResult:
+    """One client per session, all moving `vector`'s slider for `seconds` (the last frames may finish later);
+    `labels=False`: image-only frames."""
+    ws_base = base_url.replace("http://", "ws://", 1)
+    start = time.perf_counter()
+    deadline = start + seconds
+    runs = await asyncio.gather(*(_client(f"{ws_base}/api/v1/sessions/{sid}/stream", vector, i, deadline, labels)
+                                  for i, sid in enumerate(sessions)))
+    return LoadResult(len(sessions), time.perf_counter() - start, list(runs))

@@ -1,0 +1,156 @@
+"""The batching renderer: the service's one path to `Editor.apply`.
+
+Requests are keyed (a websocket stream uses its connection as key): a newer request for a key still waiting
+replaces the older one, whose caller gets `Superseded` (only the latest slider position is rendered). One
+worker thread synthesizes; while it runs, requests of other keys queue, and the next synthesis takes all of
+them (up to `max_batch` rows) through `Editor.apply_many`: N concurrent clients cost one batched synthesis,
+not N. A deployment (e.g. Ray Serve) can swap in another class with the same `render`/`start`/`stop`/`stats`.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from ..editor import Result
+from ..errors import EditGANFastError
+
+
+class Superseded(EditGANFastError):
+    """A newer request for the same key arrived before this one was rendered."""
+
+
+@dataclass
+class Frame:
+    """One request's result (rows of a batch of scales stay stacked, as `Editor.apply` returns them), the
+    number of rows in the synthesis that produced it, and that synthesis's duration."""
+    result: Result
+    batch_rows: int
+    synthesis_s: float
+
+
+@dataclass
+class _Request:
+    latent: object
+    vectors: dict
+    rows: int
+    batched: bool
+    labels: bool
+    future: asyncio.Future
+
+
+def rows_of(vectors: dict) -> tuple[int, bool]:
+    """(rows, whether a batch of scales was asked for) of a {vector: scale or [scales]} edit."""
+    lengths = {len(s) for s in vectors.values() if isinstance(s, (list, tuple))}
+    return (max(lengths) if lengths else 1), bool(lengths)
+
+
+class BatchingRenderer:
+    def __init__(self, editor, max_batch: int = 16):
+        self.editor, self.max_batch = editor, max_batch
+        self._pending: OrderedDict[object, _Request] = OrderedDict()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="render")
+        self._wakeup: asyncio.Event | None = None
+        self._worker: asyncio.Task | None = None
+        self.batches = 0
+        self.frames = 0
+        self.superseded = 0
+        self.max_rows_seen = 0
+
+    async def start(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._worker = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        for request in self._pending.values():
+            request.future.cancel()
+        self._pending.clear()
+        self._executor.shutdown(wait=True)
+
+    def stats(self) -> dict:
+        return {"batches": self.batches, "frames": self.frames, "superseded": self.superseded,
+                "max_batch_rows": self.max_rows_seen, "pending": len(self._pending)}
+
+    async def render(self, key, latent, vectors: dict, labels: bool = True) -> Frame:
+        """The frame of `latent` edited by `vectors` (its label map too unless `labels` is False); raises
+        Superseded if a newer request for `key` came first."""
+        if self._worker is None:
+            raise RuntimeError("the renderer is not started (await renderer.start() in the app's lifespan)")
+        rows, batched = rows_of(vectors)
+        future = asyncio.get_running_loop().create_future()
+        old = self._pending.pop(key, None)
+        if old is not None and not old.future.done():
+            old.future.set_exception(Superseded("a newer edit of this stream replaced this one"))
+            self.superseded += 1
+        self._pending[key] = _Request(latent, vectors, rows, batched, labels, future)
+        self._wakeup.set()
+        return await future
+
+    def _take_batch(self) -> list[_Request]:
+        """The oldest requests, up to max_batch rows, that all want labels or all do not (one synthesis)."""
+        batch, rows = [], 0
+        labels = next(iter(self._pending.values())).labels
+        for key, request in list(self._pending.items()):
+            if request.labels != labels:
+                continue
+            if batch and rows + request.rows > self.max_batch:
+                break
+            del self._pending[key]
+            if not request.future.done():  # its caller may have gone away
+                batch.append(request)
+                rows += request.rows
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                batch = self._take_batch()
+                if batch:
+                    await loop.run_in_executor(self._executor, self._synthesize, batch, loop)
+
+    def _synthesize(self, batch: list[_Request], loop) -> None:
+        """Runs in the worker thread: one synthesis for the batch; on an error, each request alone, so one
+        request's bad input (a vector of another generator) fails only that request."""
+        start = time.perf_counter()
+        try:
+            result = self.editor.apply_many([(r.latent, r.vectors) for r in batch], labels=batch[0].labels)
+        except Exception as error:
+            if len(batch) == 1:
+                loop.call_soon_threadsafe(_settle, batch[0].future, None, error)
+            else:
+                for request in batch:
+                    self._synthesize([request], loop)
+            return
+        seconds = time.perf_counter() - start
+        rows = sum(r.rows for r in batch)
+        self.batches += 1
+        self.frames += len(batch)
+        self.max_rows_seen = max(self.max_rows_seen, rows)
+        offset = 0
+        for r in batch:
+            image = result.image[offset:offset + r.rows].cpu()
+            labels = None if result.labels is None else result.labels[offset:offset + r.rows].cpu()
+            offset += r.rows
+            if not r.batched:
+                image, labels = image[0], None if labels is None else labels[0]
+            frame = Frame(Result(image, labels), rows, seconds)
+            loop.call_soon_threadsafe(_settle, r.future, frame, None)
+
+
+def _settle(future: asyncio.Future, value, error) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)

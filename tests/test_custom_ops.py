@@ -1,0 +1,107 @@
+"""The cpu backend's torch.library custom ops (editgan_fast/ops/_library.py): opcheck per op (schema, fake
+kernel, autograd registration, AOT dispatch), and each op's value and gradients against the reference."""
+import pytest
+import torch
+
+from editgan_fast import backend
+from editgan_fast.ops import _library
+from editgan_fast.ops.bias_act import bias_act_reference
+from editgan_fast.ops.modulated_conv2d import modulated_conv2d_reference
+from editgan_fast.ops.seg_head import PixelMLP, seg_head_reference
+from editgan_fast.ops.upfirdn2d import setup_filter, upfirdn2d_reference
+
+pytestmark = pytest.mark.skipif(not backend.available("cpu"), reason="native extension not built")
+
+
+def _rand(*shape, seed, dtype=torch.float64, requires_grad=False):
+    t = torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    return t.requires_grad_(requires_grad)
+
+
+def _opcheck(op, args):
+    result = torch.library.opcheck(op, args)
+    assert set(result.values()) == {"SUCCESS"}, result
+
+
+def _check_grads(op_out, ref_out, inputs, atol):
+    """Output and input gradients of the custom op equal the reference's, for one random output gradient."""
+    torch.testing.assert_close(op_out, ref_out.to(op_out.dtype), atol=atol, rtol=atol)
+    g = _rand(*op_out.shape, seed=99, dtype=op_out.dtype)
+    got = torch.autograd.grad(op_out, inputs, g)
+    want = torch.autograd.grad(ref_out, inputs, g.to(ref_out.dtype))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=atol, rtol=atol)
+
+
+@pytest.mark.parametrize("up,skip", [(1, False), (2, False), (1, True)])
+def test_modulated_conv2d(up, skip):
+    x = _rand(2, 5, 6, 6, seed=0, requires_grad=True)
+    weight = _rand(4, 5, 3 if not skip else 1, 3 if not skip else 1, seed=1)
+    styles = _rand(2, 5, seed=2, requires_grad=True)
+    f = setup_filter([1, 3, 3, 1], dtype=torch.float64)
+    noise = _rand(1, 1, 6 * up, 6 * up, seed=3)
+    bias = _rand(4, seed=4)
+    skip_t = _rand(2, 4, 3, 3, seed=5, requires_grad=True) if skip else None
+    act = "linear" if skip else "lrelu"
+    args = (x, weight, styles, f, None, None if skip else noise, bias, skip_t, not skip, up, act, 0.2,
+            1.0 if skip else 2 ** 0.5, None, 1e-8, None)
+    _opcheck(_library.modulated_conv2d, args)
+    out = _library.modulated_conv2d(*args)
+    ref = modulated_conv2d_reference(x, weight, styles, demodulate=not skip, up=up, resample_filter=f,
+                                     noise=None if skip else noise, bias=bias, act=act, skip=skip_t)
+    _check_grads(out, ref, [t for t in (x, styles, skip_t) if t is not None], atol=1e-9)
+
+
+def test_bias_act():
+    x = _rand(2, 3, 4, 5, seed=0, requires_grad=True)
+    b = _rand(3, seed=1)
+    args = (x, b, 1, "lrelu", 0.2, 2 ** 0.5, 0.7, None)
+    _opcheck(_library.bias_act, args)
+    _check_grads(_library.bias_act(*args), bias_act_reference(x, b, act="lrelu", clamp=0.7), [x], atol=1e-12)
+
+
+@pytest.mark.parametrize("up,down,padding", [(2, 1, [2, 1, 2, 1]), (1, 2, [1, 1, 1, 1])])
+def test_upfirdn2d(up, down, padding):
+    x = _rand(2, 3, 7, 6, seed=0, requires_grad=True)
+    f = setup_filter([1, 3, 3, 1], dtype=torch.float64)
+    args = (x, f, up, down, padding, False, float(up * up), None)
+    _opcheck(_library.upfirdn2d, args)
+    ref = upfirdn2d_reference(x, f, up=up, down=down, padding=padding, gain=up * up)
+    _check_grads(_library.upfirdn2d(*args), ref, [x], atol=1e-12)
+
+
+def _member(dim, classes, seed):
+    r = lambda *s, k: _rand(*s, seed=seed * 20 + k)
+    return PixelMLP(weights=(r(8, dim, k=0), r(6, 8, k=1), r(classes, 6, k=2)), biases=(r(8, k=3), r(6, k=4),
+                    r(classes, k=5)), bn_mean=(r(8, k=6), r(6, k=7)), bn_var=(r(8, k=8).abs() + 0.5,
+                    r(6, k=9).abs() + 0.5), bn_weight=(r(8, k=10), r(6, k=11)), bn_bias=(r(8, k=12), r(6, k=13)))
+
+
+@pytest.mark.parametrize("region", [False, True])
+def test_seg_head(region):
+    features = [_rand(2, 3, 4, 4, seed=0, requires_grad=True), _rand(2, 2, 8, 8, seed=1, requires_grad=True)]
+    members = [_member(5, 4, seed) for seed in (2, 3)]
+    crop = [1, 7, 0, 8]
+    mask = _rand(6, 8, seed=4) > 0 if region else None
+    pixels = mask.flatten().nonzero()[:, 0] if region else None
+    tensors, eps = _library.flatten_members(members)
+    args = (features, tensors, eps, [8, 8], crop, "bilinear", pixels, None)
+    _opcheck(_library.seg_head, args)
+    ref = seg_head_reference(features, members, (8, 8), crop=tuple(crop), region=mask)
+    out = _library.seg_head(*args)
+    if not region:
+        out, ref = out.flatten(2), ref.flatten(2)
+    _check_grads(out, ref, features, atol=1e-9)
+
+
+def test_seg_head_public_op_takes_indices_and_masks_alike():
+    features = [_rand(1, 3, 4, 4, seed=0), _rand(1, 2, 8, 8, seed=1)]
+    members = [_member(5, 4, seed=2)]
+    mask = _rand(8, 8, seed=4) > 0
+    from editgan_fast.ops import seg_head
+    with backend.use_backend("cpu"):
+        by_mask = seg_head(features, members, 8, region=mask)
+        by_index = seg_head(features, members, 8, region=mask.flatten().nonzero()[:, 0])
+    torch.testing.assert_close(by_index, by_mask)
+    with pytest.raises(ValueError, match="sorted, unique"):
+        seg_head(features, members, 8, region=torch.tensor([3, 2]))

@@ -1,0 +1,78 @@
+"""The batch job on a local Ray cluster (2 CPUs, 127.0.0.1, started and shut down here): a resumed run whose
+worker is killed mid-job ends with the same shards, byte for byte, as the local path, and a complete manifest."""
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from batch_helpers import editor as make_editor, manifest, manifest_keys, small_job
+from editgan_fast.batch import local, run_local
+from editgan_fast.batch.on_ray import ShardRenderer, run_ray
+from editgan_fast.editor import default_editor
+
+ray = pytest.importorskip("ray")
+TESTS = os.path.dirname(os.path.abspath(__file__))
+TIME_LIMIT_S = 420
+
+
+class DiesOnce(ShardRenderer):
+    """Kills its worker process (no cleanup, like an OOM kill) on its first shard unless the marker file
+    `killed.pid` beside the job's vector library exists (so exactly one worker dies per test)."""
+
+    def __init__(self, make_editor, job):
+        super().__init__(make_editor, job)
+        self.marker = Path(job.vectors_file).parent / "killed.pid"
+
+    def __call__(self, batch):
+        if not self.marker.exists():
+            self.marker.write_text(str(os.getpid()))
+            os._exit(1)
+        return super().__call__(batch)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    def too_slow(*_):
+        raise TimeoutError(f"the Ray tests took over {TIME_LIMIT_S} s")
+    previous = signal.signal(signal.SIGALRM, too_slow)
+    signal.alarm(TIME_LIMIT_S)
+    # the workers import this folder's helpers (DiesOnce) like the driver does
+    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": TESTS}})
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def make_default_editor():
+    return default_editor(progress=False)
+
+
+def test_ray_resumes_survives_a_killed_worker_and_equals_the_local_path(cluster, tmp_path, monkeypatch):
+    job = small_job(tmp_path, seeds="0-3", scales=((1.0,),), shard_size=1, batch_size=2)
+    editor = make_editor()
+    run_local(editor, job, tmp_path / "local")
+
+    # an earlier run that finished shard 0 only
+    real = local.render_shard
+    monkeypatch.setattr(local, "render_shard",
+                        lambda ed, jb, shard: real(ed, jb, shard) if shard == 0 else (_ for _ in ()).throw(
+                            KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        run_local(editor, job, tmp_path / "ray")
+    monkeypatch.setattr(local, "render_shard", real)
+
+    marker = tmp_path / "killed.pid"
+    summary = run_ray(make_default_editor, job, tmp_path / "ray", actors=1, renderer=DiesOnce)
+    assert marker.exists(), "the worker was never killed"
+    assert summary["skipped_shards"] == 1 and summary["rendered_shards"] == 3 and summary["shards"] == 4
+    keys = manifest_keys(tmp_path / "ray")
+    assert keys == manifest_keys(tmp_path / "local") and len(keys) == len(set(keys)) == 4 * 2
+    assert manifest(tmp_path / "ray")["shards"] == manifest(tmp_path / "local")["shards"]
+    for shard in range(4):
+        name = f"shard-{shard:06d}.tar"
+        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
