@@ -10,6 +10,8 @@
 // Per tile of output pixels (a run of the row-major pixel list: the whole crop, or a region's pixels):
 //   h = b1 + sum_g resample(source_g) [@ W1_g^T]; ReLU; per member Linear(+folded BN), ReLU, Linear(+folded BN);
 //   mean over members -> out[n, :, tile]. Nothing at full resolution larger than the output is ever built.
+//   With bf16_products (the bf16 mode on CPUs with native bf16) the second layer's per-tile products (the
+//   largest per-pixel GEMMs) run in bf16 with fp32 accumulation; the hidden activations stay fp32.
 // Backward recomputes the tile, pushes dL/dlogits back to dL/dh and scatters it with the same tap weights into
 // per-group gradients at source resolution (dL/dP_g for projected groups, dL/dfeatures for direct ones);
 // Python finishes with dL/df = W1_g^T dL/dP_g at native resolution.
@@ -204,12 +206,14 @@ struct Head {
   at::Tensor b1, w2t, w2, b2, w3s, b3mean;  // w2t [E,H1,H2], w3s [C, E*H2] pre-scaled by 1/E
   at::ScalarType dtype;                     // compute dtype: float or double
   bool projected_bf16 = false;              // projected groups stored in bf16 (all of them, or none)
+  at::Tensor w2t_bf16;                      // defined: the second layer's products run in bf16 (fp32 accumulation)
 };
 
 Head make_head(const std::vector<at::Tensor>& sources, const std::vector<at::Tensor>& direct,
                at::IntArrayRef sizes, at::IntArrayRef offsets, const at::Tensor& pix_y, const at::Tensor& pix_x,
                int64_t out_h, int64_t out_w, int64_t mode, const at::Tensor& b1, const at::Tensor& w2,
-               const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3, int64_t tile_pixels) {
+               const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3, int64_t tile_pixels,
+               bool bf16_products) {
   Head h;
   const int64_t G = (int64_t)sources.size();
   TORCH_CHECK(G > 0 && (int64_t)direct.size() == G && (int64_t)sizes.size() == 2 * G &&
@@ -283,6 +287,8 @@ Head make_head(const std::vector<at::Tensor>& sources, const std::vector<at::Ten
   h.b1 = b1;
   h.w2 = w2;
   h.w2t = w2.transpose(1, 2);
+  TORCH_CHECK(!bf16_products || h.dtype == at::kFloat, "seg_head: bf16 products need float32 weights");
+  if (bf16_products) h.w2t_bf16 = h.w2t.to(at::kBFloat16);
   h.b2 = b2.unsqueeze(1);
   h.w3s = w3.permute({1, 0, 2}).reshape({h.C, h.E * h.H2}) / (double)h.E;
   h.b3mean = b3.mean(0);
@@ -380,7 +386,9 @@ template <typename scalar_t>
 at::Tensor hidden_layers(const Head& hd, int64_t n, int64_t p0, int64_t T, at::Tensor& a1, at::Tensor& buf) {
   hidden_tile<scalar_t>(hd, n, p0, T, a1, buf);
   a1.relu_();
-  at::Tensor z = at::bmm(a1.view({T, hd.E, hd.H1}).transpose(0, 1), hd.w2t);  // [E, T, H2]
+  at::Tensor a1e = a1.view({T, hd.E, hd.H1}).transpose(0, 1);
+  at::Tensor z = hd.w2t_bf16.defined() ? at::bmm(a1e.to(at::kBFloat16), hd.w2t_bf16).to(at::kFloat)
+                                       : at::bmm(a1e, hd.w2t);  // [E, T, H2]
   return z.add_(hd.b2).relu_();
 }
 
@@ -477,9 +485,10 @@ std::vector<at::Tensor> backward_impl(const Head& hd, const at::Tensor& grad_out
 at::Tensor seg_head_forward(at::TensorList sources, at::TensorList direct, at::IntArrayRef sizes,
                             at::IntArrayRef offsets, const at::Tensor& pix_y, const at::Tensor& pix_x,
                             int64_t out_h, int64_t out_w, int64_t mode, const at::Tensor& b1, const at::Tensor& w2,
-                            const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3, int64_t tile_pixels) {
+                            const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3, int64_t tile_pixels,
+                            bool bf16_products) {
   Head hd = make_head(sources.vec(), direct.vec(), sizes, offsets, pix_y, pix_x, out_h, out_w, mode, b1, w2, b2,
-                      w3, b3, tile_pixels);
+                      w3, b3, tile_pixels, bf16_products);
   at::Tensor out = at::empty({hd.N, hd.C, hd.npix}, b1.options());
   if (hd.npix == 0) return out;
   if (hd.dtype == at::kFloat) forward_impl<float>(hd, out);
@@ -491,9 +500,10 @@ std::vector<at::Tensor> seg_head_backward(const at::Tensor& grad_out, at::Tensor
                                           at::TensorList direct, at::IntArrayRef sizes, at::IntArrayRef offsets,
                                           const at::Tensor& pix_y, const at::Tensor& pix_x, int64_t out_h,
                                           int64_t out_w, int64_t mode, const at::Tensor& b1, const at::Tensor& w2,
-                                          const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3, int64_t tile_pixels) {
+                                          const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3, int64_t tile_pixels,
+                            bool bf16_products) {
   Head hd = make_head(sources.vec(), direct.vec(), sizes, offsets, pix_y, pix_x, out_h, out_w, mode, b1, w2, b2,
-                      w3, b3, tile_pixels);
+                      w3, b3, tile_pixels, bf16_products);
   TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({hd.N, hd.C, hd.npix}) && grad_out.scalar_type() == hd.dtype,
               "seg_head_backward: grad_out must be [N, C, P] in the compute dtype");
   if (hd.npix == 0) {
@@ -514,11 +524,11 @@ TORCH_LIBRARY_FRAGMENT(editgan_fast, m) {
   m.def(
       "seg_head_forward(Tensor[] sources, Tensor[] direct_weights, int[] source_sizes, int[] source_offsets, "
       "Tensor pix_y, Tensor pix_x, int out_h, int out_w, int mode, Tensor b1, Tensor w2, Tensor b2, Tensor w3, "
-      "Tensor b3, int tile_pixels=0) -> Tensor");
+      "Tensor b3, int tile_pixels=0, bool bf16_products=False) -> Tensor");
   m.def(
       "seg_head_backward(Tensor grad_out, Tensor[] sources, Tensor[] direct_weights, int[] source_sizes, "
       "int[] source_offsets, Tensor pix_y, Tensor pix_x, int out_h, int out_w, int mode, Tensor b1, Tensor w2, "
-      "Tensor b2, Tensor w3, Tensor b3, int tile_pixels=0) -> Tensor[]");
+      "Tensor b2, Tensor w3, Tensor b3, int tile_pixels=0, bool bf16_products=False) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(editgan_fast, CPU, m) {

@@ -16,8 +16,9 @@ Weights are frozen: only gradients w.r.t. the feature maps are computed.
 
 bf16 mode (`use_backend("cpu", dtype=torch.bfloat16)`): the projections are stored in bf16 (half the memory and
 gather traffic); the tiles' arithmetic is fp32. The projections' products run as EDITGAN_FAST_BF16_PRODUCTS says
-(ops/_cpu_isa.py): natively in bf16 (oneDNN, fp32 accumulation, one rounding of the sum over the group's maps)
-where the CPU has native bf16, else in fp32 (oneDNN emulates bf16 GEMMs on AVX2 at ~0.3 GFLOP/s). Measured error,
+(ops/_cpu_isa.py): natively in bf16 (oneDNN, fp32 accumulation, one rounding of the sum over the group's maps),
+and so do the per-tile products of the second layer (the kernel's bf16_products), where the CPU has native
+bf16; else in fp32 (oneDNN emulates bf16 GEMMs on AVX2 at ~0.3 GFLOP/s). Measured error,
 EditGAN car configuration (random members, bench/cases_seg.py, fp32 products): max |bf16 - fp32| = 1.8e-3 of the
 largest logit; the tests bound it by 2e-2 against the float64 reference.
 """
@@ -187,7 +188,8 @@ class _SegHeadFunction(torch.autograd.Function):
             else:
                 sources.append(_project(features, g, stack, dtype, storage))
                 direct.append(torch.empty(0, dtype=dtype))
-        args = _kernel_args(groups, sources, direct, ys, xs, out_size, mode, stack)
+        bf16_products = storage == torch.bfloat16 and native_bf16_products()
+        args = _kernel_args(groups, sources, direct, ys, xs, out_size, mode, stack, bf16_products)
         ctx.plan, ctx.args = plan, args
         ctx.shapes, ctx.dtypes = [f.shape for f in features], [f.dtype for f in features]
         return _ops().seg_head_forward(*args)
@@ -223,11 +225,11 @@ def _starts(col_slices):
     return out
 
 
-def _kernel_args(groups, sources, direct, ys, xs, out_size, mode, stack):
+def _kernel_args(groups, sources, direct, ys, xs, out_size, mode, stack, bf16_products):
     sizes = [v for g in groups for v in g.size]
     offsets = [v for g in groups for v in (g.window[0], g.window[2])]
     return (sources, direct, sizes, offsets, ys, xs, out_size[0], out_size[1], _MODE[mode], *stack.mlp_tail(),
-            TILE_PIXELS)
+            TILE_PIXELS, bf16_products)
 
 
 def _bands(features, out_size, mode, ys, xs, eh1, storage):
