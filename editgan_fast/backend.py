@@ -8,7 +8,7 @@ Selection, in this order:
 - `use_backend(name, dtype=None)` (a context manager, thread- and task-local) or `set_backend(name, dtype=None)`;
 - otherwise "auto": `cpu` for CPU tensors when the native extension is built; for CUDA tensors, per operator,
   the backend `ops/gpu_choice.json` names (the faster one in `make gpu-check`'s benchmark) when available, else
-  `triton`, else `cuda`; else `reference`.
+  `triton`, else `cuda`; else `reference` (with a warning, once per device type, saying why and how to fix it).
 A backend that is not built, or that cannot run on the tensors' device, is a clear `BackendUnavailable`
 error when asked for by name. A backend that does not implement one particular operator hands it to the next
 in its chain (cuda -> triton -> reference, triton -> reference, cpu -> reference).
@@ -23,6 +23,7 @@ import contextvars
 import importlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -109,30 +110,43 @@ def compute_dtype(default: torch.dtype = torch.float32) -> torch.dtype:
 
 
 _loaded: dict[str, object] = {}
+_failed: dict[str, str] = {}
 
 
 def _load(name: str):
     """Import a fast backend module; raise BackendUnavailable with its reason when it cannot load."""
     if name == "reference":
         return None
+    if name in _failed:  # asked per op under "auto": try once, not on every call
+        raise BackendUnavailable(_failed[name])
     if name not in _loaded:
         try:
             module = importlib.import_module(_MODULES[name])
-        except ImportError as e:
-            raise BackendUnavailable(f"backend {name!r} is not available: {e}") from None
-        reason = module.unavailable_reason()
+            reason = module.unavailable_reason()
+        except (ImportError, BackendUnavailable) as e:  # not built / built for another torch; a forced ISA
+            reason = str(e)
         if reason:
-            raise BackendUnavailable(f"backend {name!r} is not available: {reason}")
+            _failed[name] = f"backend {name!r} is not available: {reason}"
+            raise BackendUnavailable(_failed[name])
         _loaded[name] = module
     return _loaded[name]
 
 
-def available(name: str) -> bool:
+def unavailable_reason(name: str) -> str | None:
+    """Why backend `name` cannot load, or None when it can."""
     try:
         _load(name)
-        return True
-    except BackendUnavailable:
-        return False
+        return None
+    except BackendUnavailable as e:
+        return str(e)
+
+
+def available(name: str) -> bool:
+    return unavailable_reason(name) is None
+
+
+_FAST_FOR = {"cpu": ("cpu",), "cuda": ("triton", "cuda")}
+_warned_slow: set[str] = set()
 
 
 _gpu_choice: dict[str, str] | None = None
@@ -149,13 +163,17 @@ def gpu_choice() -> dict[str, str]:
 
 
 def _auto_for(device: torch.device, op: str | None = None) -> str:
-    if device.type == "cpu":
-        return "cpu" if available("cpu") else "reference"
-    if device.type == "cuda":
-        preferred = gpu_choice().get(op) if op is not None else None
-        for name in ((preferred,) if preferred else ()) + ("triton", "cuda"):
-            if available(name):
-                return name
+    fast = _FAST_FOR.get(device.type, ())
+    preferred = gpu_choice().get(op) if device.type == "cuda" and op is not None else None
+    for name in ((preferred,) if preferred else ()) + fast:
+        if available(name):
+            return name
+    if fast and device.type not in _warned_slow:
+        # Never a silent slow path: say once why the fast backends are off and how to get them back.
+        _warned_slow.add(device.type)
+        reasons = "; ".join(unavailable_reason(name) for name in fast)
+        warnings.warn(f"editgan_fast: running the slow reference backend on {device.type}: {reasons}",
+                      RuntimeWarning, stacklevel=3)
     return "reference"
 
 

@@ -81,6 +81,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="LPIPS weights: torchvision VGG16 state dict and lpips' v0.1 vgg.pth (else MSE only)")
     g.add_argument("--backend", default="auto", choices=("auto", "reference", "cpu", "triton", "cuda"))
     g.add_argument("--device", default="cpu", help="torch device for the models (default cpu)")
+    g.add_argument("--dtype", default="fp32", choices=tuple(_DTYPES),
+                   help="compute precision of the fast backends: fp32, or bf16 (bf16 storage, fp32 accumulation)")
     g.add_argument("--random-model", action="store_true",
                    help="use the untrained random default model instead of the bundled trained one")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -118,19 +120,26 @@ def _configure_logging(quiet: bool) -> None:
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def _configure(args) -> torch.device:
+    """--backend and --dtype for the whole run; returns the checked --device."""
+    device = _device(args.device)
+    if args.backend != "auto" or args.dtype != "fp32":
+        set_backend(args.backend, dtype=_DTYPES[args.dtype])
+    return device
+
+
 def build_editor(args):
     from .editor import Editor, default_editor
-    device = _device(args.device)
-    if args.backend != "auto":
-        set_backend(args.backend)
+    device = _configure(args)
     progress = _progress(args)
     if args.checkpoint is None:
         if args.segmenter or args.encoder:
             raise UsageError("--segmenter/--encoder need the --checkpoint of the generator they belong to")
-        if device.type != "cpu":
-            raise UsageError("the default model runs on the cpu; --device needs --checkpoint")
         return default_editor(trained=not args.random_model, progress=progress,
-                              lpips=_load_lpips(args.lpips) if args.lpips else None)
+                              lpips=_load_lpips(args.lpips).to(device) if args.lpips else None, device=device)
     from .models.loaders import load_generator
     from .models.segmenter import load_segmenter
     if not args.segmenter:
@@ -317,10 +326,29 @@ def cmd_demo(args):
     from .editor.demo import run_demo
     if args.checkpoint is not None:
         raise UsageError("demo runs on the embedded default model; use the other commands with --checkpoint")
-    if args.backend != "auto":
-        set_backend(args.backend)
+    device = _configure(args)
     return run_demo(Path(args.out), steps=args.steps, refine_steps=args.refine_steps, repeats=args.repeats,
-                    progress=_progress(args))
+                    progress=_progress(args), device=device)
+
+
+def cmd_info(args):
+    """Version, torch/triton versions, the backend `auto` picks per device, CPU features, branches that run."""
+    from . import __version__, backend
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    out = {"version": __version__, "torch": torch.__version__, "triton": triton_version,
+           "cuda_available": torch.cuda.is_available(),
+           "auto_backend": {d: backend.backend_name_for(torch.empty(0, device=d)) for d in devices},
+           "unavailable": {n: backend.unavailable_reason(n) for n in backend.BACKENDS[1:]
+                           if not backend.available(n)}}
+    if backend.available("cpu"):
+        from .ops import _cpu_isa
+        out["cpu_backend"] = _cpu_isa.describe()
+    return out
 
 
 def cmd_serve(args):
@@ -416,8 +444,9 @@ def _add_batch_command(command) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
     parser = _Parser(prog="editgan-fast", description="EditGAN-style semantic image editing")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action="version", version=f"editgan-fast {__version__} (torch {torch.__version__})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name, fn, help_):
@@ -478,6 +507,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_serve_parser(command)
     _add_batch_command(command)
+
+    p = sub.add_parser("info", help="versions, backends auto picks, CPU features and the branches that run")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=cmd_info)
     return parser
 
 
@@ -486,6 +520,10 @@ def _print_human(result: dict) -> None:
         if key == "latency_ms":
             from .editor.demo import format_table
             print(format_table(value))
+        elif isinstance(value, dict) and key != "latency_ms":  # e.g. info's sections: one line per entry
+            print(f"{key}:")
+            for k, v in value.items():
+                print(f"  {k}: {v}")
         else:
             print(f"{key}: {value}")
 
