@@ -33,6 +33,7 @@ demo: setup
 # Speed table (reference vs fast backends, same run), the edit-quality benchmark at reduced size, the service.
 bench: setup
 	$(VPY) bench/run.py
+	$(VPY) bench/compile.py
 	$(VPY) bench/edit_quality.py --reduced
 	$(VPY) bench/serve.py --seconds 3
 	$(VPY) bench/batch.py

@@ -85,11 +85,12 @@ def format_table(rows: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(out: Path, steps: int = 40, refine_steps: int = 15, repeats: int = 3, progress: bool = True) -> dict:
+def run_demo(out: Path, steps: int = 40, refine_steps: int = 15, repeats: int = 3, progress: bool | None = True,
+             device=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     timings = {}
     start = time.perf_counter()
-    editor = default_editor(progress=progress)
+    editor = default_editor(progress=progress, device=device)
     timings["build default model"] = time.perf_counter() - start
 
     latent = editor.sample(DEMO_SEED)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 import math
-import sys
 import threading
 import warnings
 import weakref
@@ -26,10 +26,11 @@ import torch.nn.functional as F
 from .. import io, limits
 from ..errors import InputValueError, NonFiniteLoss, OptimizationInterrupted
 from . import losses
-from .progress import ProgressBar
+from .progress import ProgressBar, enabled
 from .seeds import seed_z
 from .vectors import EditVector, wplus_matrix
 
+log = logging.getLogger(__name__)  # under "editgan_fast", which the CLI configures
 StepCallback = Callable[[int, dict, torch.Tensor], None]
 LEARN_LR = 0.02          # EditGAN's editing optimizer (Adam, constant)
 EMBED_PEAK_LR = 0.1      # EditGAN's embedding optimizer (Adam, cosine ramp, get_lr(t, 0.1))
@@ -67,13 +68,16 @@ def embedding_lr(t: float, peak: float = EMBED_PEAK_LR, rampdown: float = 0.25, 
 class Editor:
     """`Editor(generator, segmenter, encoder=None, lpips=None)`; see the module docstring.
 
-    `progress`: draw a progress bar on stderr during optimizing calls (default: when stderr is a terminal).
+    `progress`: draw a tqdm progress bar on stderr during optimizing calls (None, the default: only when stderr
+    is a terminal; True: always).
     `noise_mode`: the generator's noise during editing ("const", the stored noise, as EditGAN).
     `learn_lr`: Adam's learning rate in `learn_vector` and `refine` (EditGAN's 0.02 for trained generators).
+    `compile`: run apply's synthesis + segmentation as one torch.compile(fullgraph=True) graph, compiled at the
+    first call per batch size under the backend selected then (True: inductor; or a torch.compile backend name).
     """
 
     def __init__(self, generator, segmenter, encoder=None, lpips=None, progress: bool | None = None,
-                 noise_mode: str = "const", learn_lr: float = LEARN_LR):
+                 noise_mode: str = "const", learn_lr: float = LEARN_LR, compile: bool | str = False):
         dim = sum(int(c) for c in generator.feature_channels)
         if segmenter.in_features != dim:
             raise ValueError(f"the segmenter classifies {segmenter.in_features} feature channels, the generator's "
@@ -82,7 +86,7 @@ class Editor:
         self.segmenter = _frozen_copy(segmenter)
         self.encoder = _frozen_copy(encoder) if encoder is not None else None
         self.lpips = _frozen_copy(lpips) if lpips is not None else None
-        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.progress = enabled(progress)
         self.noise_mode = noise_mode
         self.learn_lr = learn_lr
         self.fingerprint = generator.fingerprint()
@@ -90,6 +94,10 @@ class Editor:
         self._vector_styles = weakref.WeakKeyDictionary()   # EditVector -> styles(δ, bias=False)
         self._cache_lock = threading.Lock()  # the caches are shared by the threads of a server
         self._warned_no_lpips = False
+        self._render = self._render_chunk
+        if compile:
+            self._render = torch.compile(self._render_chunk, fullgraph=True,
+                                         backend="inductor" if compile is True else compile)
 
     # ----------------------------------------------------------------------------------------- basics
     @property
@@ -108,8 +116,9 @@ class Editor:
             module = getattr(self, name)
             if module is not None:
                 setattr(self, name, module.to(*args, **kwargs))
-        self._latent_styles.clear()
-        self._vector_styles.clear()
+        with self._cache_lock:
+            self._latent_styles.clear()
+            self._vector_styles.clear()
         return self
 
     def latent(self, wplus) -> Latent:
@@ -195,15 +204,18 @@ class Editor:
         chunk = limits.get("synthesis_batch")
         images, label_maps = [], []
         for start in range(0, rows, chunk):
-            part = [s[start:start + chunk] for s in styles]
-            if not labels:
-                images.append(self.generator.synthesis_from_styles(part, noise_mode=self.noise_mode).float())
-                continue
-            image, features = self.generator.synthesis_from_styles(part, noise_mode=self.noise_mode,
-                                                                   return_features=True)
-            images.append(image.float())
-            label_maps.append(self.segmenter.logits(features).argmax(1))
+            image, label_map = self._render([s[start:start + chunk] for s in styles], labels)
+            images.append(image)
+            label_maps.append(label_map)
         return Result(torch.cat(images), torch.cat(label_maps) if labels else None)
+
+    def _render_chunk(self, styles, labels: bool):
+        """One synthesis (image float32) and, if asked, its segmentation: what `compile` compiles."""
+        if not labels:
+            return self.generator.synthesis_from_styles(styles, noise_mode=self.noise_mode).float(), None
+        image, features = self.generator.synthesis_from_styles(styles, noise_mode=self.noise_mode,
+                                                               return_features=True)
+        return image.float(), self.segmenter.logits(features).argmax(1)
 
     @torch.no_grad()
     def apply(self, latent: Latent, vectors: dict) -> Result:
@@ -375,7 +387,7 @@ class Editor:
         """Project a real image (path, PIL image, uint8 array, or tensor [3, H, W] in [-1, 1]) into w+."""
         target, note = io.fit_to_resolution(io.image_to_tensor(image), self.generator.resolution)
         if note:
-            print(f"editgan-fast: embed: {note} to match the generator", file=sys.stderr)
+            log.warning("embed: %s to match the generator", note)  # the input was changed: say so even when quiet
         target = target[None].to(self.device)
         target01 = (target + 1) / 2
         g = self.generator
@@ -430,7 +442,9 @@ def _frozen_copy(module):
     moved (`.to()` replaces a copy's tensors, never the original's)."""
     memo = {id(t): t for t in module.buffers()}
     memo.update({id(p): torch.nn.Parameter(p.detach(), requires_grad=False) for p in module.parameters()})
-    return copy.deepcopy(module, memo).eval()
+    frozen = copy.deepcopy(module, memo)
+    # eval() only when needed: switching modes lets a module rebuild derived state (the segmenter's views).
+    return frozen.eval() if any(m.training for m in frozen.modules()) else frozen
 
 
 def _scale_matrix(vectors: dict) -> tuple[torch.Tensor, bool]:

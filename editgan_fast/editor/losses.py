@@ -97,6 +97,9 @@ class EditObjective:
         self.keep = image_keep_mask(self.region, self.segmenter, self.generator.resolution)
         self.reference01 = (self.reference + 1) / 2 * self.keep
         self.target_in_region = self.target[self.region]
+        # The region's pixels as indices, found once: a mask would need a data-dependent nonzero in every call,
+        # which torch.compile cannot trace without a graph break.
+        self.region_pixels = self.region.flatten().nonzero()[:, 0]
 
     def __call__(self, wplus: torch.Tensor):
         image, features = self.generator.synthesis(wplus[None], noise_mode=self.noise_mode, return_features=True)
@@ -109,7 +112,7 @@ class EditObjective:
             perceptual = self.lpips(x01 * 2 - 1, self.reference01 * 2 - 1).mean()
             rgb = rgb + LPIPS_WEIGHT * perceptual
             terms["lpips"] = perceptual
-        logits = self.segmenter.logits(features, region=self.region, mode="nearest")  # [1, C, P]
+        logits = self.segmenter.logits(features, region=self.region_pixels, mode="nearest")  # [1, C, P]
         ce = F.cross_entropy(logits.float(), self.target_in_region[None])
         total = RGB_WEIGHT * rgb + CE_WEIGHT * ce
         terms["ce"] = ce

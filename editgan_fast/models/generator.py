@@ -66,23 +66,40 @@ class EqualLinear(torch.nn.Module):
 
 
 class _FrozenWeightCache:
-    """Scaled weight and sum_k W^2, recomputed only when the parameter changes (version, dtype or device)."""
+    """Scaled weight and sum_k W^2 per dtype, keyed by the module's state: eager calls revalidate them against
+    the parameter (identity, version, device, dtype), and the module rebuilds them for the parameter's dtype
+    whenever load_state_dict or .to() changes it. Inside torch.compile/export the key is not traceable, so the
+    cached value is read as it is: a graph input whose identity the cpu kernels' caches of derived weights
+    recognize (computing it in the graph would hand them a new tensor, and a cache miss, every call). A
+    parameter changed in place by other means is seen by the next eager call, not by a compiled graph."""
 
     def __init__(self):
-        self.key = None
-        self.value = None
+        self.values = {}  # dtype -> (key, (weight, wsq))
+
+    def clear(self):
+        self.values = {}
 
     def get(self, weight, scale, dtype):
-        key = (weight.data_ptr(), weight._version, weight.device, dtype)
-        if key != self.key:
-            w = (weight.detach()[0] * scale).to(dtype)  # [Cout, Cin, k, k]
-            self.value = (w, w.square().sum(dim=[2, 3]))
-            self.key = key
-        return self.value
+        if torch.compiler.is_compiling():
+            hit = self.values.get(dtype)
+            return hit[1] if hit is not None else self._build(weight, scale, dtype)
+        key = (id(weight), weight._version, weight.device, weight.dtype)
+        hit = self.values.get(dtype)
+        if hit is None or hit[0] != key:
+            hit = self.values[dtype] = (key, self._build(weight, scale, dtype))
+        return hit[1]
+
+    @staticmethod
+    def _build(weight, scale, dtype):
+        w = (weight.detach()[0] * scale).to(dtype)  # [Cout, Cin, k, k]
+        return w, w.square().sum(dim=[2, 3])
 
     def __deepcopy__(self, memo):
-        # Derived from the weight: a copied module recomputes it instead of duplicating it.
-        return _FrozenWeightCache()
+        # Shares the cached tensors instead of duplicating them: they stay valid for a copy whose weight shares
+        # the storage (the editor's frozen copies), and a copy with its own storage misses on the data pointer.
+        copy = _FrozenWeightCache()
+        copy.key, copy.value = self.key, self.value
+        return copy
 
 
 class ModulatedConv2d(torch.nn.Module):
@@ -97,9 +114,25 @@ class ModulatedConv2d(torch.nn.Module):
         if upsample:
             self.blur = Blur(blur_kernel, factor=2)
         self._cache = _FrozenWeightCache()
+        self._refresh_cache()
+        self.register_load_state_dict_post_hook(ModulatedConv2d._refresh_cache)
 
     def frozen(self, dtype):
         return self._cache.get(self.weight, self.scale, dtype)
+
+    def _refresh_cache(self, incompatible_keys=None):
+        self._cache.clear()
+        with torch.no_grad():
+            self.frozen(self.weight.dtype)
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        self._refresh_cache()
+        return out
+
+    def __setstate__(self, state):  # a deep copy (the editor's) or an unpickled module: its cache starts empty
+        super().__setstate__(state)
+        self._refresh_cache()
 
 
 class Blur(torch.nn.Module):
