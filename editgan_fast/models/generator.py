@@ -95,11 +95,9 @@ class _FrozenWeightCache:
         return w, w.square().sum(dim=[2, 3])
 
     def __deepcopy__(self, memo):
-        # Shares the cached tensors instead of duplicating them: they stay valid for a copy whose weight shares
-        # the storage (the editor's frozen copies), and a copy with its own storage misses on the data pointer.
-        copy = _FrozenWeightCache()
-        copy.key, copy.value = self.key, self.value
-        return copy
+        # Derived state, keyed by the parameter's identity (which a copy never shares): a copied module starts
+        # empty and ModulatedConv2d.__setstate__ rebuilds it, instead of copying the tensors first.
+        return _FrozenWeightCache()
 
 
 class ModulatedConv2d(torch.nn.Module):
