@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, io
+from . import io
 from .backend import set_backend
 from .errors import EditGANFastError, FileFormatError, InputValueError, OptimizationInterrupted
 

@@ -16,7 +16,6 @@ from torch.utils import cpp_extension
 
 import editgan_fast
 from editgan_fast import native
-from editgan_fast.ops import _cpu_backend
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL = os.environ.get("EDITGAN_FAST_FULL") == "1"
@@ -71,6 +70,7 @@ def test_a_torch_of_another_release_is_named_in_the_backend_error(monkeypatch):
     message = native.torch_mismatch("2.13.0")
     assert "built against torch 2.12.1" in message and "torch 2.13.0 is installed" in message
     monkeypatch.setattr(native, "built_with_torch", lambda: "1.0.0")
+    from editgan_fast.ops import _cpu_backend
     assert "built against torch 1.0.0" in _cpu_backend.unavailable_reason()
 
 

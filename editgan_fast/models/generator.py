@@ -95,8 +95,8 @@ class _FrozenWeightCache:
         return w, w.square().sum(dim=[2, 3])
 
     def __deepcopy__(self, memo):
-        # A copy starts empty: its entries are keyed by the parameter's identity, so the original's could never
-        # hit for the copy's own parameter (and copying them would only hold their memory).
+        # Derived state, keyed by the parameter's identity (which a copy never shares): a copied module starts
+        # empty and ModulatedConv2d.__setstate__ rebuilds it, instead of copying the tensors first.
         return _FrozenWeightCache()
 
 
