@@ -64,17 +64,18 @@ class PixelClassifier(torch.nn.Module):
         """pixels [P, D] -> logits [P, C]."""
         return self.layers(pixels)
 
-    def pixel_mlp(self) -> PixelMLP:
-        """The frozen view the `seg_head` op reads (detached tensors sharing this module's storage)."""
+    def pixel_mlp(self, detach: bool = True) -> PixelMLP:
+        """The frozen view the `seg_head` op reads (detached tensors sharing this module's storage; inside
+        torch.compile the parameters themselves, see Segmenter.members)."""
+        view = (lambda t: t.detach()) if detach else (lambda t: t)
         lin = [self.layers[i] for i in _LINEAR]
         bns = [self.layers[i] for i in _BATCHNORM]
         if bns[0].eps != bns[1].eps:
             raise ValueError(f"the seg_head op needs one BatchNorm eps per classifier, got {bns[0].eps} and "
                              f"{bns[1].eps}")
-        return PixelMLP(weights=tuple(m.weight.detach() for m in lin), biases=tuple(m.bias.detach() for m in lin),
-                        bn_mean=tuple(b.running_mean.detach() for b in bns),
-                        bn_var=tuple(b.running_var.detach() for b in bns),
-                        bn_weight=tuple(b.weight.detach() for b in bns), bn_bias=tuple(b.bias.detach() for b in bns),
+        return PixelMLP(weights=tuple(view(m.weight) for m in lin), biases=tuple(view(m.bias) for m in lin),
+                        bn_mean=tuple(view(b.running_mean) for b in bns), bn_var=tuple(view(b.running_var) for b in bns),
+                        bn_weight=tuple(view(b.weight) for b in bns), bn_bias=tuple(view(b.bias) for b in bns),
                         bn_eps=bns[0].eps)
 
     @classmethod
@@ -141,6 +142,10 @@ class Segmenter(torch.nn.Module):
     @property
     def members(self) -> list[PixelMLP]:
         """Frozen views of the classifiers, as the `seg_head` op takes them."""
+        if torch.compiler.is_compiling():
+            # Views made inside a graph are new tensors every call, which the backends' packed-weight caches
+            # (keyed by identity) would miss; the parameters and buffers themselves are the same each call.
+            return [c.pixel_mlp(detach=False) for c in self.classifiers]
         if self._members is None:
             self._members = [c.pixel_mlp() for c in self.classifiers]
         return self._members
@@ -185,8 +190,9 @@ class Segmenter(torch.nn.Module):
         y0, y1, x0, x1 = crop_box(self.out_size, self.crop)
         stack = torch.cat([upsample_feature(f, self.out_size, mode)[:, :, y0:y1, x0:x1] for f in features], 1)
         pixels = stack.permute(0, 2, 3, 1)                      # [N, h, w, D]
-        if region is not None:
-            pixels = pixels[:, region.to(stack.device)]          # [N, P, D]
+        if region is not None:  # a bool mask or flat pixel indices (see ops.seg_head)
+            region = region.to(stack.device)
+            pixels = pixels[:, region] if region.dtype == torch.bool else pixels.flatten(1, 2)[:, region]
         flat = pixels.reshape(-1, dim)
         logits = sum(c(flat) for c in self.classifiers) / len(self.classifiers)
         return logits.reshape(*pixels.shape[:-1], self.num_classes).movedim(-1, 1)
