@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.setup-stamp
 # Native sources: a change rebuilds the extension on the next `make setup`.
 NATIVE  := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' 2>/dev/null) setup.py
 
-.PHONY: setup setup-browser test test-full demo bench bench-quality serve gpu-check clean
+.PHONY: setup setup-browser test test-full demo bench bench-quality serve gpu-check clean fuzz soak
 
 setup: $(STAMP)
 
@@ -41,6 +41,17 @@ bench: setup
 # The full edit-quality benchmark: 100 held-out samples, 0/10/30 refinement steps (tens of minutes on 2 cores).
 bench-quality: setup
 	$(VPY) bench/edit_quality.py
+
+# A longer fuzz run than `make test`'s small corpus (examples per property, kills), counts in fuzz-report.json.
+fuzz: setup
+	rm -f fuzz-report.json
+	EDITGAN_FAST_FUZZ_EXAMPLES=$${EXAMPLES:-300} EDITGAN_FAST_KILLS=40 EDITGAN_FAST_FUZZ_REPORT=$(CURDIR)/fuzz-report.json \
+		$(VPY) -m pytest -q tests/test_fuzz_loaders.py tests/test_fuzz_cli.py tests/test_kill.py
+	cat fuzz-report.json
+
+# Memory over 10,000 apply calls and 1,000 optimizer steps (RSS flat after warm-up); --reduced for a quick look.
+soak: setup
+	$(VPY) bench/soak.py
 
 # The editing service and its page on http://127.0.0.1:8000/ (the embedded model; vectors in ./editgan-vectors).
 serve: setup

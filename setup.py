@@ -88,7 +88,7 @@ setup(
     description="Fast EditGAN-style semantic image editing",
     packages=packages,
     package_dir={"editgan_fast.kernels": "kernels"},
-    package_data={"editgan_fast": ["assets/*", "py.typed", "serve/static/*"]},
+    package_data={"editgan_fast": ["assets/*", "py.typed", "serve/static/*", "ops/gpu_choice.json"]},
     license="MIT",
     license_files=["LICENSE"],
     python_requires=">=3.10",

@@ -57,12 +57,20 @@ def main(argv=None):
     editor = default_editor(progress=False)
     editor.apply_many([(editor.sample(0), {})])  # warm-up: kernels and caches
     work = Path(tempfile.mkdtemp(prefix="bench_batch_"))
+    print(f"batch job: {args.items} latents x {len(SCALES)} scales, bundled model "
+          f"({editor.generator.resolution} px), {torch.get_num_threads()} threads locally\n")
+    print("| path | seconds | samples/s | vs 1 latent/synthesis |")
+    print("|---|---|---|---|")
     rows = []
+
+    def row(name, seconds, samples):  # printed as measured: a later failure keeps the earlier rows
+        rows.append((name, seconds, samples))
+        print(f"| {name} | {seconds:.2f} | {samples / seconds:.1f} | {rows[0][1] / seconds:.2f}x |", flush=True)
+
     for batch_size in sizes:
         job = make_job(work, editor, args.items, batch_size)
         seconds, summary = timed(lambda: run_local(editor, job, work / f"local{batch_size}"))
-        rows.append((f"local, {batch_size} latents/synthesis", seconds, summary["samples"]))
-    base = rows[0][1]
+        row(f"local, {batch_size} latents/synthesis", seconds, summary["samples"])
     if not args.no_ray:
         import ray
         from editgan_fast.batch.on_ray import run_ray
@@ -75,14 +83,7 @@ def main(argv=None):
             ray.shutdown()
         if shards_of(work / "ray") != shards_of(work / f"local{sizes[-1]}"):
             raise SystemExit("the Ray path's shards differ from the local path's")
-        rows.append((f"Ray Data, 2 actors, {sizes[-1]} latents/synthesis", seconds, summary["samples"]))
-    print(f"batch job: {args.items} latents x {len(SCALES)} scales, bundled model "
-          f"({editor.generator.resolution} px), {torch.get_num_threads()} threads locally\n")
-    print("| path | seconds | samples/s | vs 1 latent/synthesis |")
-    print("|---|---|---|---|")
-    for name, seconds, samples in rows:
-        print(f"| {name} | {seconds:.2f} | {samples / seconds:.1f} | {base / seconds:.2f}x |")
-    if not args.no_ray:
+        row(f"Ray Data, 2 actors, {sizes[-1]} latents/synthesis", seconds, summary["samples"])
         local_s, ray_s, samples = rows[-2][1], rows[-1][1], rows[-1][2]
         print(f"\nRay / local at {sizes[-1]} latents/synthesis: {ray_s / local_s:.2f}x time; overhead "
               f"{1000 * (ray_s - local_s) / samples:.1f} ms per sample (actor start-up and model loading included)")

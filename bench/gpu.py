@@ -5,7 +5,7 @@ EditGAN's car model (512 px config-f generator, 16 feature maps, crop 384x512, 3
 
     python bench/gpu.py [--config car|face1024] [--dtype float32|bfloat16] [--reps 20] [--batch 1]
                         [--check] [--markdown report.md]
-    python bench/gpu.py --roofline      # the paper plan: FLOPs, bytes and roofline times (no GPU needed)
+    python bench/gpu.py --roofline      # the paper plan: FLOPs, bytes and H200 roofline times (no GPU needed)
 
 --check exits 1 when an error is over its bound (fp32 storage 1e-4, bf16 5e-2, relative to max |reference|)
 or a fast backend is unavailable; bench/gpu_check.sh runs it that way. Random weights throughout (never
@@ -40,11 +40,12 @@ def feature_shapes(size):
 CAR = CONFIGS["car"]
 FEATURES = feature_shapes(CAR["size"])
 
-# H100 SXM roofline assumptions (docs/gpu-performance.md): dense peaks and bandwidths, bytes per element.
-H100 = {"hbm": 3.0e12, "l2": 7.0e12, "bf16": 790e12, "tf32": 395e12, "fp32": 67e12, "launch_s": 4e-6}
+# H200 SXM roofline assumptions (docs/gpu-performance.md): dense peaks and bandwidths. L2 is assumed at about
+# twice HBM; fp32 CUDA cores and TF32 as on the H100 (same SM).
+H200 = {"hbm": 4.8e12, "l2": 10e12, "bf16": 989e12, "tf32": 494e12, "fp32": 67e12, "launch_s": 4e-6}
 
 
-def roofline_s(flops, bytes_moved, peak, bandwidth=H100["hbm"]):
+def roofline_s(flops, bytes_moved, peak, bandwidth=H200["hbm"]):
     return max(flops / peak, bytes_moved / bandwidth)
 
 
@@ -66,20 +67,29 @@ def generator_layers(batch=1, elem=2):
     return rows
 
 
-def seg_head_stages(batch=1, members=10, h1=256, h2=128, classes=32, crop_pixels=384 * 512, low_max=128):
-    """(name, FLOPs, bytes, peak, bandwidth) of the segmentation head at the car configuration, for the cuda
-    backend as built and for the tensor-core plan. K = members * h1 first-layer units."""
+def seg_head_stages(batch=1, members=10, h1=256, h2=128, classes=32, crop_pixels=384 * 512, low_max=128,
+                    band_overlap=1.02):
+    """(name, FLOPs, bytes, peak, bandwidth) of the segmentation head at the car configuration: the Triton head
+    as built (bands of output rows, bf16 storage), the cuda backend's head, and the tensor-core plan.
+    K = members * h1 first-layer units."""
     k, px = members * h1, batch * crop_pixels
     sizes = sorted({r for _, r in FEATURES})
     dense = 2 * px * members * (h1 * h2 + h2 * classes)
     proj_all = sum(2 * batch * c * k * r * r for c, r in FEATURES)
+    proj_rows = batch * sum(r * r for r in sizes)  # same-size maps projected into one buffer
     taps = sum(1 if r == CAR["out_size"][0] else 4 for r in sizes)  # same-size maps summed; identity = 1 tap
-    built = [
-        ("built: projection GEMMs, TF32, fp32 out", proj_all, 4 * batch * k * sum(r * r for r in sizes),
-         H100["tf32"], H100["hbm"]),
-        (f"built: tile gather ({taps} taps x K fp32 per pixel)", 2 * px * taps * k, 4 * px * taps * k,
-         H100["fp32"], H100["l2"]),
-        ("built: dense layers 2-3, fp32 CUDA cores", dense, 0, H100["fp32"], H100["hbm"]),
+    built = [  # kernels/seg_head.py: every tap is loaded (the identity-size group's 3 zero-weight ones too)
+        ("built: band projection GEMMs, bf16", proj_all * band_overlap, 2 * band_overlap * k * proj_rows,
+         H200["bf16"], H200["hbm"]),
+        (f"built: gather ({4 * len(sizes)} taps x K bf16 per pixel)", 2 * px * 4 * len(sizes) * k,
+         2 * px * 4 * len(sizes) * k, H200["fp32"], H200["l2"]),
+        ("built: dense layers 2-3, bf16 tensor cores", dense, 0, H200["bf16"], H200["hbm"]),
+    ]
+    cuda = [
+        ("cuda: projection GEMMs, TF32, fp32 out", proj_all, 4 * k * proj_rows, H200["tf32"], H200["hbm"]),
+        (f"cuda: tile gather ({taps} taps x K fp32 per pixel)", 2 * px * taps * k, 4 * px * taps * k,
+         H200["fp32"], H200["l2"]),
+        ("cuda: dense layers 2-3, fp32 CUDA cores", dense, 0, H200["fp32"], H200["hbm"]),
     ]
     low = [(c, r) for c, r in FEATURES if r <= low_max]
     high = [(c, r) for c, r in FEATURES if r > low_max]
@@ -89,14 +99,14 @@ def seg_head_stages(batch=1, members=10, h1=256, h2=128, classes=32, crop_pixels
     src = sum((8 * r // 512 + 2) * (16 * r // 512 + 2) for r in low_sizes)
     plan = [
         (f"plan: project maps <= {low_max} px, bf16", sum(2 * batch * c * k * r * r for c, r in low),
-         2 * batch * k * sum(r * r for r in low_sizes), H100["bf16"], H100["hbm"]),
+         2 * batch * k * sum(r * r for r in low_sizes), H200["bf16"], H200["hbm"]),
         ("plan: gather as per-tile GEMM, bf16", 2 * tiles * 128 * src * k, 2 * tiles * src * k,
-         H100["bf16"], H100["l2"]),
+         H200["bf16"], H200["l2"]),
         (f"plan: maps > {low_max} px direct, bf16", 2 * px * sum(c for c, _ in high) * k,
-         2 * batch * sum(c * r * r for c, r in high), H100["bf16"], H100["hbm"]),
-        ("plan: dense layers 2-3, bf16", dense, 0, H100["bf16"], H100["hbm"]),
+         2 * batch * sum(c * r * r for c, r in high), H200["bf16"], H200["hbm"]),
+        ("plan: dense layers 2-3, bf16", dense, 0, H200["bf16"], H200["hbm"]),
     ]
-    return built, plan
+    return built, cuda, plan
 
 
 def print_roofline():
@@ -104,13 +114,13 @@ def print_roofline():
     print(f"{'generator layer (batch 1, bf16)':36s} {'GFLOP':>8s} {'MB':>8s} {'us':>8s}")
     total_f = total_b = total_t = 0.0
     for name, f, b in gen:
-        t = roofline_s(f, b, H100["bf16"])
+        t = roofline_s(f, b, H200["bf16"])
         total_f, total_b, total_t = total_f + f, total_b + b, total_t + t
         print(f"{name:36s} {f / 1e9:8.2f} {b / 1e6:8.2f} {t * 1e6:8.2f}")
     print(f"{'generator total':36s} {total_f / 1e9:8.2f} {total_b / 1e6:8.2f} {total_t * 1e6:8.2f}")
-    built, plan = seg_head_stages()
+    built, cuda, plan = seg_head_stages()
     seg = {}
-    for label, stages in (("built", built), ("plan", plan)):
+    for label, stages in (("built", built), ("cuda", cuda), ("plan", plan)):
         print(f"\n{'seg head stage (' + label + ')':48s} {'GFLOP':>8s} {'GB':>8s} {'ms':>8s}")
         seg[label] = 0.0
         for name, f, b, peak, bw in stages:
@@ -118,14 +128,14 @@ def print_roofline():
             seg[label] += t
             print(f"{name:48s} {f / 1e9:8.1f} {b / 1e9:8.2f} {t * 1e3:8.3f}")
         print(f"{'total':48s} {'':8s} {'':8s} {seg[label] * 1e3:8.3f}")
-    launches = (len(gen) + 10) * H100["launch_s"]
-    for label in ("built", "plan"):
+    launches = (len(gen) + 10) * H200["launch_s"]
+    for label in ("built", "cuda", "plan"):
         print(f"apply roofline ({label} seg head): {(total_t + seg[label] + launches) * 1e3:.2f} ms (target 10 ms)")
     # Refinement step: generator forward + backward to its input and styles (2x the forward FLOPs; the weights
     # are frozen), the planned seg head forward + backward (~2x: the transposed first layer and dense layers),
     # LPIPS' VGG16 on the 384x512 crop forward + backward to the image (30.7 GFLOP at 224 px, scaled by area).
     lpips = 2 * 30.7e9 * (384 * 512) / (224 * 224)
-    step = 3 * total_t + 3 * seg["plan"] + lpips / H100["bf16"] + 3 * launches
+    step = 3 * total_t + 3 * seg["plan"] + lpips / H200["bf16"] + 3 * launches
     print(f"refinement step roofline (plan, bf16): {step * 1e3:.2f} ms (target 25 ms); "
           f"LPIPS {lpips / 1e9:.0f} GFLOP")
     return 0
@@ -257,6 +267,32 @@ def end_to_end(device, batch, dtype_name, reps, config, name):
     return rows
 
 
+def record_choice(path, kernel_rows, bound, what):
+    """Rewrite the package's gpu_choice.json: per operator, the backend with the smallest summed time over its
+    cases among those within the error bound on every case (the reference when none is)."""
+    import datetime
+    import json
+    times, bad = {}, set()
+    for name, b, err, ms in kernel_rows:
+        op = name.split()[0]
+        if b == "reference":
+            continue
+        times.setdefault(op, {}).setdefault(b, 0.0)
+        times[op][b] += ms
+        if err is None or not err <= bound:
+            bad.add((op, b))
+    ops = {op: min((t, b) for b, t in by.items() if (op, b) not in bad)[1]
+           if any((op, b) not in bad for b in by) else "reference" for op, by in times.items()}
+    with open(path) as f:
+        table = json.load(f)
+    table["ops"].update(ops)
+    table["measured"] = f"{what}, {datetime.date.today().isoformat()}"
+    with open(path, "w") as f:
+        json.dump(table, f, indent=2)
+        f.write("\n")
+    return ops
+
+
 class Report:
     """Prints each table and, given a path, appends it to a Markdown file as it is produced."""
 
@@ -290,7 +326,9 @@ def main(argv=None):
     parser.add_argument("--markdown", help="append the tables to this Markdown file")
     parser.add_argument("--check", action="store_true",
                         help="exit 1 when a backend is unavailable or an error exceeds its dtype's bound")
-    parser.add_argument("--roofline", action="store_true", help="print the predicted H100 numbers and exit")
+    parser.add_argument("--record", metavar="GPU_CHOICE_JSON",
+                        help="write the faster backend per operator into this table (editgan_fast/ops/gpu_choice.json)")
+    parser.add_argument("--roofline", action="store_true", help="print the predicted H200 numbers and exit")
     args = parser.parse_args(argv)
     if args.roofline:
         return print_roofline()
@@ -315,6 +353,10 @@ def main(argv=None):
     report.table(("kernel", "backend", "rel err", "ms", "x reference"),
                  [(name, b, _err_cell(err, bound), f"{ms:.3f}", f"{ref_ms[name] / ms:.2f}")
                   for name, b, err, ms in kernel_rows])
+    if args.record:
+        chosen = record_choice(args.record, kernel_rows, bound,
+                               f"{torch.cuda.get_device_name()}, {args.config}, {args.dtype}")
+        report.write(f"\n`auto` on CUDA now picks: {', '.join(f'{op} -> {b}' for op, b in sorted(chosen.items()))}")
     stage_rows = []
     for b in backends:
         stage_rows += end_to_end(device, args.batch, args.dtype, args.reps, config, b)

@@ -6,11 +6,13 @@
 #
 # Steps, by value, each under its own timeout (shortened to what is left of the whole 8-minute budget):
 #   device    torch sees a CUDA device and triton imports (else the check stops here, failed)
-#   triton    every Triton kernel test, compiled on the GPU
-#   build     the CUDA extension, built in place against the installed torch
-#   cuda      every `gpu` test (the CUDA kernels, the AOT cubins)
-#   bench     bench/gpu.py --check: fp32 (<= 1e-4 relative) and bf16 (<= 5e-2) at the car and 1024 px face
-#             configurations, each kernel and end to end against the reference
+#   triton    every Triton kernel test, compiled on the GPU (the default GPU path)
+#   build     the extensions, built in place against the installed torch (the cuda backend)
+#   bench     bench/gpu.py --check: fp32 (<= 1e-4 relative) and bf16 (<= 5e-2) at EditGAN's car configuration,
+#             each kernel and end to end against the reference; the fp32 run rewrites
+#             editgan_fast/ops/gpu_choice.json (the backend `auto` picks per operator on CUDA), copied to OUTDIR
+#   cuda      every `gpu` and `nvcc` test (the CUDA kernels against the reference, their sm_80/sm_90 builds)
+#   bench     the same at a 1024 px face configuration (18 maps, 34 classes), fp32 and bf16
 # A test that skips counts as a failure (EDITGAN_FAST_REQUIRE_GPU=1 turns the GPU tests' skips into failures,
 # and pytest's summary line is checked for any other). OUTDIR/gpu-check.md, the report, is written as the steps
 # finish (versions, device, each step's result and seconds, the benchmark tables); OUTDIR/gpu-check.log holds
@@ -98,6 +100,7 @@ step() {
         124 | 137) result="FAIL (timed out after ${limit}s)" ;;
         *) result="FAIL (exit $rc)" ;;
     esac
+    [ "$limit" -le 0 ] && result="FAIL (not run: the ${BUDGET_S} s budget was spent)"
     [ $rc -eq 0 ] || FAILED+=("$name")
     SUMMARY+=("| $name | $result | $secs |")
     echo "### $name: $result, ${secs} s" >>"$REPORT"
@@ -139,9 +142,15 @@ print(f"CUDA device {torch.cuda.get_device_name()} and triton are ready")
 EOF
 }
 
+triton_tests() {
+    export EDITGAN_FAST_TRITON_DEVICE=cuda  # the Triton kernel tests, compiled on the GPU, not interpreted
+    pytest_strict tests/test_triton_kernels.py
+}
+
 bench() {
     local config=$1 dtype=$2
-    "$PY" bench/gpu.py --check --config "$config" --dtype "$dtype" --reps 10 --markdown "$REPORT"
+    shift 2
+    "$PY" bench/gpu.py --check --config "$config" --dtype "$dtype" --reps 10 --markdown "$REPORT" "$@"
 }
 
 finish() {
@@ -157,7 +166,7 @@ finish() {
         if [ ${#FAILED[@]} -eq 0 ]; then
             echo "**GPU check passed** in $(($(date +%s) - T0)) s."
         else
-            echo "**GPU check FAILED** (${FAILED[*]}) after $(($(date +%s) - T0)) s; see gpu-check.log."
+            echo "**GPU check FAILED** ($(IFS=,; echo "${FAILED[*]}")) after $(($(date +%s) - T0)) s; see gpu-check.log."
         fi
     } >>"$REPORT"
     echo "gpu_check: report in $REPORT"
@@ -165,7 +174,7 @@ finish() {
 }
 
 export PY REPORT
-export -f device_ready pytest_strict bench
+export -f device_ready pytest_strict triton_tests bench
 if ! step device 60 device_ready; then
     grep '^gpu_check:' "$LOG" | tail -1 >>"$REPORT"
     SUMMARY+=("| triton, build, cuda, bench | not run: no usable device | |")
@@ -176,12 +185,14 @@ fi
 if ! "$PY" -c "import editgan_fast.kernels" >/dev/null 2>&1; then
     ln -s ../kernels "$ROOT/editgan_fast/kernels" && LINK=$ROOT/editgan_fast/kernels
 fi
-step triton 150 env EDITGAN_FAST_TRITON_DEVICE=cuda pytest_strict tests/test_triton_kernels.py
-step build 240 "$PY" setup.py -q build_ext --inplace
-step cuda 150 pytest_strict -m "gpu or nvcc" --deselect tests/test_triton_aot.py::test_kernels_on_a_real_gpu \
+step triton 150 triton_tests
+step build 180 "$PY" setup.py -q build_ext --inplace
+# The car fp32 run also records which backend `auto` picks per operator (the table travels back in OUTDIR).
+step "bench car fp32" 75 bench car float32 --record editgan_fast/ops/gpu_choice.json
+cp editgan_fast/ops/gpu_choice.json "$OUTDIR/" 2>/dev/null
+step "bench car bf16" 60 bench car bfloat16
+step cuda 120 pytest_strict -m "gpu or nvcc" --deselect tests/test_triton_aot.py::test_kernels_on_a_real_gpu \
     tests/test_cuda_backend.py tests/test_cuda_compile.py tests/test_cuda_emulated.py tests/test_triton_aot.py
-step "bench car fp32" 90 bench car float32
-step "bench car bf16" 90 bench car bfloat16
-step "bench face1024 fp32" 120 bench face1024 float32
-step "bench face1024 bf16" 120 bench face1024 bfloat16
+step "bench face1024 fp32" 90 bench face1024 float32
+step "bench face1024 bf16" 90 bench face1024 bfloat16
 finish

@@ -75,6 +75,17 @@ def matmul_gflops(dtype=torch.float32, target_seconds=0.05, max_n=2048):
         n *= 2
 
 
+def cpu_line():
+    """The CPU the table was measured on: model, ISA flags, and the cpu backend's branches that ran."""
+    from editgan_fast import backend
+    if not backend.available("cpu"):
+        return f"cpu: {torch.backends.cpu.get_cpu_capability()} (native cpu backend not built)"
+    from editgan_fast.ops import _cpu_isa
+    d = _cpu_isa.describe()
+    return (f"cpu: {d['cpu']}; flags {' '.join(d['cpu_flags']) or '-'}; native loops {d['isa']['running']}, "
+            f"bf16 mode products {d['bf16_products']['running']} (oneDNN native bf16: {d['onednn_native_bf16']})")
+
+
 def _dtype_label(dtype):
     return {None: "", torch.float32: "fp32", torch.bfloat16: "bf16", torch.float64: "fp64"}.get(dtype, str(dtype))
 
@@ -131,6 +142,6 @@ def format_table(results, fp32_rate, bf16_rate):
     widths = [max(len(str(row[i])) for row in [header] + rows) for i in range(len(header))]
     line = lambda row: "  ".join(str(v).ljust(w) if i < 2 else str(v).rjust(w)
                                  for i, (v, w) in enumerate(zip(row, widths)))
-    out = [f"matmul rate (same run): fp32 {fp32_rate:.1f} GFLOP/s, bf16 {bf16_rate:.2f} GFLOP/s, "
+    out = [cpu_line(), f"matmul rate (same run): fp32 {fp32_rate:.1f} GFLOP/s, bf16 {bf16_rate:.2f} GFLOP/s, "
            f"{torch.get_num_threads()} threads", line(header), line(["-" * w for w in widths])]
     return "\n".join(out + [line(row) for row in rows])

@@ -6,8 +6,9 @@ its exact signature, so the public op function just asks `resolve(op, tensor)` w
 
 Selection, in this order:
 - `use_backend(name, dtype=None)` (a context manager, thread- and task-local) or `set_backend(name, dtype=None)`;
-- otherwise "auto": `cpu` for CPU tensors when the native extension is built, `triton` for CUDA tensors when
-  Triton is importable, else `reference`.
+- otherwise "auto": `cpu` for CPU tensors when the native extension is built; for CUDA tensors, per operator,
+  the backend `ops/gpu_choice.json` names (the faster one in `make gpu-check`'s benchmark) when available, else
+  `triton`, else `cuda`; else `reference` (with a warning, once per device type, saying why and how to fix it).
 A backend that is not built, or that cannot run on the tensors' device, is a clear `BackendUnavailable`
 error when asked for by name. A backend that does not implement one particular operator hands it to the next
 in its chain (cuda -> triton -> reference, triton -> reference, cpu -> reference).
@@ -20,6 +21,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import importlib
+import json
+import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -106,51 +110,82 @@ def compute_dtype(default: torch.dtype = torch.float32) -> torch.dtype:
 
 
 _loaded: dict[str, object] = {}
+_failed: dict[str, str] = {}
 
 
 def _load(name: str):
     """Import a fast backend module; raise BackendUnavailable with its reason when it cannot load."""
     if name == "reference":
         return None
+    if name in _failed:  # asked per op under "auto": try once, not on every call
+        raise BackendUnavailable(_failed[name])
     if name not in _loaded:
         try:
             module = importlib.import_module(_MODULES[name])
-        except ImportError as e:
-            raise BackendUnavailable(f"backend {name!r} is not available: {e}") from None
-        reason = module.unavailable_reason()
+            reason = module.unavailable_reason()
+        except (ImportError, BackendUnavailable) as e:  # not built / built for another torch; a forced ISA
+            reason = str(e)
         if reason:
-            raise BackendUnavailable(f"backend {name!r} is not available: {reason}")
+            _failed[name] = f"backend {name!r} is not available: {reason}"
+            raise BackendUnavailable(_failed[name])
         _loaded[name] = module
     return _loaded[name]
 
 
-def available(name: str) -> bool:
+def unavailable_reason(name: str) -> str | None:
+    """Why backend `name` cannot load, or None when it can."""
     try:
         _load(name)
-        return True
-    except BackendUnavailable:
-        return False
+        return None
+    except BackendUnavailable as e:
+        return str(e)
 
 
-def _auto_for(device: torch.device) -> str:
-    if device.type == "cpu":
-        return "cpu" if available("cpu") else "reference"
-    if device.type == "cuda":
-        for name in ("triton", "cuda"):
-            if available(name):
-                return name
+def available(name: str) -> bool:
+    return unavailable_reason(name) is None
+
+
+_FAST_FOR = {"cpu": ("cpu",), "cuda": ("triton", "cuda")}
+_warned_slow: set[str] = set()
+
+
+_gpu_choice: dict[str, str] | None = None
+
+
+def gpu_choice() -> dict[str, str]:
+    """{op: backend} for CUDA tensors under "auto", from ops/gpu_choice.json (read once)."""
+    global _gpu_choice
+    if _gpu_choice is None:
+        path = os.path.join(os.path.dirname(__file__), "ops", "gpu_choice.json")
+        with open(path) as f:
+            _gpu_choice = dict(json.load(f)["ops"])
+    return _gpu_choice
+
+
+def _auto_for(device: torch.device, op: str | None = None) -> str:
+    fast = _FAST_FOR.get(device.type, ())
+    preferred = gpu_choice().get(op) if device.type == "cuda" and op is not None else None
+    for name in ((preferred,) if preferred else ()) + fast:
+        if available(name):
+            return name
+    if fast and device.type not in _warned_slow:
+        # Never a silent slow path: say once why the fast backends are off and how to get them back.
+        _warned_slow.add(device.type)
+        reasons = "; ".join(unavailable_reason(name) for name in fast)
+        warnings.warn(f"editgan_fast: running the slow reference backend on {device.type}: {reasons}",
+                      RuntimeWarning, stacklevel=3)
     return "reference"
 
 
-def backend_name_for(tensor: torch.Tensor) -> str:
-    """The backend an op on `tensor` would start from under the current selection."""
+def backend_name_for(tensor: torch.Tensor, op: str | None = None) -> str:
+    """The backend `op` (any op if None) on `tensor` would start from under the current selection."""
     name = current().name
-    return _auto_for(tensor.device) if name == "auto" else name
+    return _auto_for(tensor.device, op) if name == "auto" else name
 
 
 def resolve_name(op: str, tensor: torch.Tensor) -> str:
     """The backend that runs `op` on `tensor` (its device decides what is usable), after fallbacks."""
-    name = backend_name_for(tensor)
+    name = backend_name_for(tensor, op)
     while name != "reference":
         module = _load(name)
         if tensor.device.type not in module.DEVICES:

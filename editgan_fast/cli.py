@@ -12,13 +12,14 @@ import argparse
 import contextlib
 import functools
 import json
+import logging
 import sys
 import warnings
 from pathlib import Path
 
 import torch
 
-from . import io
+from . import __version__, io
 from .backend import set_backend
 from .errors import EditGANFastError, FileFormatError, InputValueError, OptimizationInterrupted
 
@@ -80,25 +81,65 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="LPIPS weights: torchvision VGG16 state dict and lpips' v0.1 vgg.pth (else MSE only)")
     g.add_argument("--backend", default="auto", choices=("auto", "reference", "cpu", "triton", "cuda"))
     g.add_argument("--device", default="cpu", help="torch device for the models (default cpu)")
+    g.add_argument("--dtype", default="fp32", choices=tuple(_DTYPES),
+                   help="compute precision of the fast backends: fp32, or bf16 (bf16 storage, fp32 accumulation)")
     g.add_argument("--random-model", action="store_true",
                    help="use the untrained random default model instead of the bundled trained one")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, and warnings only")
+    p.add_argument("--progress", action="store_true",
+                   help="progress bars even when stderr is not a terminal (a log file, a pipe)")
+
+
+def _progress(args) -> bool | None:
+    """False (--quiet), True (--progress), or None: bars only when stderr is a terminal (editor.progress.enabled)."""
+    return False if args.quiet else (True if args.progress else None)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a message comes (it may be replaced after the handler is made)."""
+
+    def __init__(self):
+        super().__init__()
+        self.setFormatter(logging.Formatter("editgan-fast: %(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
+def _configure_logging(quiet: bool) -> None:
+    """The package's messages (logger "editgan_fast") as `editgan-fast: ...` lines on stderr."""
+    logger = logging.getLogger("editgan_fast")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler())
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def _configure(args) -> torch.device:
+    """--backend and --dtype for the whole run; returns the checked --device."""
+    device = _device(args.device)
+    if args.backend != "auto" or args.dtype != "fp32":
+        set_backend(args.backend, dtype=_DTYPES[args.dtype])
+    return device
 
 
 def build_editor(args):
     from .editor import Editor, default_editor
-    device = _device(args.device)
-    if args.backend != "auto":
-        set_backend(args.backend)
-    progress = not args.quiet
+    device = _configure(args)
+    progress = _progress(args)
     if args.checkpoint is None:
         if args.segmenter or args.encoder:
             raise UsageError("--segmenter/--encoder need the --checkpoint of the generator they belong to")
-        if device.type != "cpu":
-            raise UsageError("the default model runs on the cpu; --device needs --checkpoint")
         return default_editor(trained=not args.random_model, progress=progress,
-                              lpips=_load_lpips(args.lpips) if args.lpips else None)
+                              lpips=_load_lpips(args.lpips).to(device) if args.lpips else None, device=device)
     from .models.loaders import load_generator
     from .models.segmenter import load_segmenter
     if not args.segmenter:
@@ -285,19 +326,41 @@ def cmd_demo(args):
     from .editor.demo import run_demo
     if args.checkpoint is not None:
         raise UsageError("demo runs on the embedded default model; use the other commands with --checkpoint")
-    if args.backend != "auto":
-        set_backend(args.backend)
+    device = _configure(args)
     return run_demo(Path(args.out), steps=args.steps, refine_steps=args.refine_steps, repeats=args.repeats,
-                    progress=not args.quiet)
+                    progress=_progress(args), device=device)
+
+
+def cmd_info(args):
+    """Version, torch/triton versions, the backend `auto` picks per device, CPU features, branches that run."""
+    from . import __version__, backend
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    out = {"version": __version__, "torch": torch.__version__, "triton": triton_version,
+           "cuda_available": torch.cuda.is_available(),
+           "auto_backend": {d: backend.backend_name_for(torch.empty(0, device=d)) for d in devices},
+           "unavailable": {n: backend.unavailable_reason(n) for n in backend.BACKENDS[1:]
+                           if not backend.available(n)}}
+    if backend.available("cpu"):
+        from .ops import _cpu_isa
+        out["cpu_backend"] = _cpu_isa.describe()
+    return out
 
 
 def cmd_serve(args):
+    if args.ray is not None:
+        return _serve_on_ray(args)
     import uvicorn
     from .serve import create_app
     editor = build_editor(args)
     editor.progress = False  # jobs report progress through the API, not on the server's stderr
     app = create_app(editor, library_dir=args.library, class_names=_bundled_class_names(args))
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", ws="websockets-sansio")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", ws="websockets-sansio",
+                ws_max_size=app.state.service.limits.max_ws_message_bytes)
     return {}
 
 
@@ -312,6 +375,26 @@ def _add_serve_parser(command) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--library", default="editgan-vectors", help="directory of the vector library (created)")
+    _add_serve_ray_options(p)
+
+
+def _add_serve_ray_options(p) -> None:
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="deploy on Ray Serve: a new local Ray, or the cluster at ADDRESS (auto, ray://head:10001)")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="with --ray: model-holding replicas (sessions live in a replica: >1 needs session affinity)")
+    p.add_argument("--gpus-per-replica", type=float, default=0)
+
+
+def _serve_on_ray(args):
+    import threading
+    from .serve import ray_serve
+    url = ray_serve.run(functools.partial(build_editor, args), host=args.host, port=args.port,
+                        address=None if args.ray == "local" else args.ray, num_replicas=args.replicas,
+                        num_gpus=args.gpus_per_replica,
+                        app_options={"library_dir": args.library, "class_names": _bundled_class_names(args)})
+    print(f"editgan-fast: serving {url} on Ray Serve (Ctrl-C stops)", file=sys.stderr)
+    threading.Event().wait()
 
 
 def cmd_batch(args):
@@ -327,12 +410,15 @@ def cmd_batch(args):
     job = batch.BatchJob.create(items, args.vectors, scales, shard_size=args.shard_size,
                                 batch_size=args.batch_size, embed_steps=args.embed_steps,
                                 truncation=args.truncation)
+    if args.ray is None and (args.actors or args.gpus_per_actor):
+        raise UsageError("--actors and --gpus-per-actor need --ray")
+    from .editor.progress import enabled
     if args.ray is not None:
         from .batch.on_ray import run_ray
         return run_ray(functools.partial(build_editor, args), job, args.out,
                        address=None if args.ray == "local" else args.ray, actors=args.actors,
-                       num_gpus=args.gpus_per_actor, progress=not args.quiet)
-    return batch.run_local(build_editor(args), job, args.out, progress=not args.quiet)
+                       num_gpus=args.gpus_per_actor, progress=enabled(_progress(args)))
+    return batch.run_local(build_editor(args), job, args.out, progress=enabled(_progress(args)))
 
 
 def _add_batch_command(command) -> None:
@@ -358,7 +444,9 @@ def _add_batch_command(command) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
     parser = _Parser(prog="editgan-fast", description="EditGAN-style semantic image editing")
+    parser.add_argument("--version", action="version", version=f"editgan-fast {__version__} (torch {torch.__version__})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name, fn, help_):
@@ -419,6 +507,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_serve_parser(command)
     _add_batch_command(command)
+
+    p = sub.add_parser("info", help="versions, backends auto picks, CPU features and the branches that run")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=cmd_info)
     return parser
 
 
@@ -427,6 +520,10 @@ def _print_human(result: dict) -> None:
         if key == "latency_ms":
             from .editor.demo import format_table
             print(format_table(value))
+        elif isinstance(value, dict) and key != "latency_ms":  # e.g. info's sections: one line per entry
+            print(f"{key}:")
+            for k, v in value.items():
+                print(f"  {k}: {v}")
         else:
             print(f"{key}: {value}")
 
@@ -438,6 +535,7 @@ def _error(message) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    _configure_logging(getattr(args, "quiet", False))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore" if args.quiet else "default")

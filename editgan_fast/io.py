@@ -73,6 +73,8 @@ PALETTE: tuple[tuple[int, int, int], ...] = tuple(_voc_colour(c) for c in range(
 
 
 def _check_file(path) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputValueError(f"a file path must be a str or os.PathLike, got {type(path).__name__}")
     path = Path(path)
     if not path.is_file():
         raise FileFormatError(f"file {path} does not exist")
@@ -147,6 +149,8 @@ def fit_to_resolution(image: torch.Tensor, resolution: int) -> tuple[torch.Tenso
     (padding with its border's mean colour, i.e. background). Every intermediate is at most the input or the
     target size, so an elongated input never becomes a square of its long side. Returns the image and a note
     saying what was done (None if nothing)."""
+    if not isinstance(image, torch.Tensor) or image.ndim != 3:
+        raise InputValueError(f"fit_to_resolution takes an image tensor [3, H, W], got {type(image).__name__}")
     _, h, w = image.shape
     if h == w == resolution:
         return image, None
@@ -168,8 +172,9 @@ def fit_to_resolution(image: torch.Tensor, resolution: int) -> tuple[torch.Tenso
 
 
 def tensor_to_pil(image: torch.Tensor) -> Image.Image:
-    if image.ndim != 3 or image.shape[0] != 3:
-        raise InputValueError(f"expected an image [3, H, W], got {tuple(image.shape)}")
+    if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.shape[0] != 3:
+        raise InputValueError(f"expected an image tensor [3, H, W], got "
+                              f"{tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__}")
     array = ((image.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return Image.fromarray(array.permute(1, 2, 0).numpy())
 
@@ -203,6 +208,8 @@ def image_grid(images, columns: int) -> torch.Tensor:
 
 
 def labels_to_pil(labels) -> Image.Image:
+    if not isinstance(labels, (torch.Tensor, np.ndarray)):
+        raise InputValueError(f"a label map is an integer tensor [H, W], got {type(labels).__name__}")
     labels = torch.as_tensor(labels)
     if labels.ndim != 2 or labels.is_floating_point():
         raise InputValueError(f"a label map is an integer tensor [H, W], got {labels.dtype} {tuple(labels.shape)}")
@@ -279,7 +286,7 @@ def read_npy(f, size: int, what: str, already: int = 0) -> np.ndarray:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
         else:
             raise ValueError(f".npy format version {version} is not supported")
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError, struct.error) as e:
+    except Exception as e:  # numpy's header parser raises many types (tokenize errors among them) on bad text
         raise FileFormatError(f"{what} is not a NumPy .npy array: {type(e).__name__}: {e}") from None
     if dtype.hasobject:
         raise FileFormatError(f"{what} holds Python objects ({dtype}); only numeric arrays are read (never pickles)")
@@ -335,6 +342,8 @@ def save_latent(path, wplus: torch.Tensor) -> Path:
     path = Path(path)
     if path.suffix != ".npy":
         raise InputValueError(f"latents are saved as .npy, got {path.name!r}")
+    if not isinstance(wplus, torch.Tensor) or not wplus.is_floating_point():
+        raise InputValueError(f"save_latent takes a float w+ tensor, got {type(wplus).__name__}")
     array = wplus.detach().cpu().float().numpy()
     with atomic_write(path) as f:
         np.save(f, array, allow_pickle=False)

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import toyfaces
+from . import io, toyfaces
 from . import backend
 from .assets import ASSETS, MANIFEST, sha256
 from .backend import use_backend
@@ -189,7 +189,8 @@ def train_generator(minutes: float, batch: int = 24, lr: float = 2e-3, seed: int
 def save_generator(g, path):
     with torch.no_grad():
         latent_avg = g.mapping(torch.randn(4096, g.style_dim, generator=torch.Generator().manual_seed(0))).mean(0)
-    torch.save({"g_ema": g.state_dict(), "latent_avg": latent_avg}, path)
+    with io.atomic_write(path) as f:
+        torch.save({"g_ema": g.state_dict(), "latent_avg": latent_avg}, f)
 
 
 def generator_features(g, z):
@@ -289,7 +290,8 @@ def write_manifest(out: Path, miou: float | None = None):
         "segmenter_miou": miou if miou is not None else old.get("segmenter_miou"),
         "miou_eval": {"samples": 64, "seed": HELD_OUT_SEED},
     }
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    with io.atomic_write(path, "w") as f:
+        f.write(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 

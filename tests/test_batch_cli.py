@@ -29,7 +29,8 @@ def test_batch_command_bad_input_is_one_line(capsys, tmp_path):
     library = vector_library(tmp_path / "lib.npz")
     for argv, match in ((("--seeds", "9-2"), "--seeds"), (("--latents", tmp_path / "nope"), "does not exist"),
                         (("--seeds", "0", "--scales", "1", "--scales", "2", "--scales", "3"), "one per vector"),
-                        (("--seeds", "0", "--scales", "x"), "comma-separated")):
+                        (("--seeds", "0", "--scales", "x"), "comma-separated"),
+                        (("--seeds", "0", "--actors", "2"), "need --ray")):
         code = main(["batch", *map(str, argv), "--vectors", str(library), "--out", str(tmp_path / "o"), "--quiet"])
         err = capsys.readouterr().err
         assert code == 2 and "Traceback" not in err and err.startswith("editgan-fast: error: ") and match in err, err

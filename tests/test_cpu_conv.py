@@ -5,8 +5,11 @@
 - frozen weights: changing a weight in place must invalidate the cached transposed weight / sum of squares, and
   weights get no gradient;
 - bf16 mode gradients for x and styles against the float64 reference (bound 3e-2 relative to the largest
-  value: bf16 has an 8-bit mantissa, ~4e-3 per rounding, and the layer rounds its input and output);
-- upfirdn2d in the bf16 mode (bf16 storage, 1e-2).
+  value: bf16 has an 8-bit mantissa, ~4e-3 per rounding, and the layer rounds its input and output; with bf16
+  products 0.1 in relative L2 norm, see the test);
+- upfirdn2d in the bf16 mode (bf16 storage, 1e-2);
+- both bf16 branches forced (ops/_cpu_isa.py): products in bf16 (oneDNN; emulated, slowly, on AVX2 CPUs) and
+  products in fp32 on bf16-stored values.
 """
 import pytest
 import torch
@@ -16,6 +19,8 @@ from editgan_fast import backend
 from editgan_fast.ops import modulated_conv2d, setup_filter, upfirdn2d
 
 pytestmark = pytest.mark.skipif(not backend.available("cpu"), reason="native extension not built")
+if backend.available("cpu"):
+    from editgan_fast.ops._cpu_isa import cpu_settings
 
 
 def _rel(a, b):
@@ -79,8 +84,9 @@ def test_weights_are_frozen_and_get_no_gradient():
     assert weight.grad is None and x.grad is not None and x.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("products", ["native", "fp32"])  # both bf16 branches, forced, on any CPU
 @pytest.mark.parametrize("up,k,demodulate", [(1, 3, True), (2, 3, True), (1, 1, False)])
-def test_bf16_mode_gradients_close_to_float64(up, k, demodulate):
+def test_bf16_mode_gradients_close_to_float64(up, k, demodulate, products):
     gen = torch.Generator().manual_seed(7 + up + k)
     cin, cout = 20, 12
     weight = torch.randn(cout, cin, k, k, generator=gen, dtype=torch.float64) / (cin * k * k) ** 0.5
@@ -90,21 +96,29 @@ def test_bf16_mode_gradients_close_to_float64(up, k, demodulate):
     x = torch.randn(2, cin, 6, 5, generator=gen, dtype=torch.float64)
     s = torch.randn(2, cin, generator=gen, dtype=torch.float64) + 1
     want, want_grads = _run("reference", fn, [x, s])
-    y, grads = _run("cpu", fn, [x.float(), s.float()], dtype=torch.bfloat16)
+    with cpu_settings(bf16_products=products):
+        y, grads = _run("cpu", fn, [x.float(), s.float()], dtype=torch.bfloat16)
     assert y.dtype == torch.bfloat16
     assert _rel(y, want) < 3e-2
     for g, wg in zip(grads, want_grads):
-        assert _rel(g, wg) < 3e-2
+        if products == "fp32":
+            assert _rel(g, wg) < 3e-2
+        else:
+            # bf16 products round the layer's input and weight, so leaky ReLU's slope flips (1 <-> 0.2) where the
+            # pre-activation is within that rounding of 0 (~0.5% of outputs): those entries move by most of their
+            # size. Bound the relative L2 error (measured 4.7%; 0.4% with a linear activation) instead of the max.
+            assert ((g.double() - wg).norm() / wg.norm()).item() < 0.1
 
 
-def test_upfirdn2d_bf16_mode():
+@pytest.mark.parametrize("products", ["native", "fp32"])
+def test_upfirdn2d_bf16_mode(products):
     gen = torch.Generator().manual_seed(8)
     x = torch.randn(2, 5, 9, 7, generator=gen)
     f = setup_filter([1, 3, 3, 1])
     fn = lambda x: upfirdn2d(x, f, up=2, padding=(2, 1, 2, 1), gain=4)
     with editgan_fast.use_backend("reference"):
         want = fn(x.double())
-    with editgan_fast.use_backend("cpu", dtype=torch.bfloat16):
+    with cpu_settings(bf16_products=products), editgan_fast.use_backend("cpu", dtype=torch.bfloat16):
         got = fn(x)
     assert got.dtype == torch.bfloat16 and got.shape == want.shape
     assert _rel(got, want) < 1e-2

@@ -11,6 +11,8 @@ from editgan_fast import backend
 from editgan_fast.ops import bias_act, modulated_conv2d, setup_filter, upfirdn2d
 
 pytestmark = pytest.mark.skipif(not backend.available("cpu"), reason="native extension not built")
+if backend.available("cpu"):
+    from editgan_fast.ops._cpu_isa import cpu_settings
 
 
 def _rel(a, b):
@@ -194,7 +196,8 @@ def test_bias_act_matches_reference(shape, dim, act, clamp):
         assert torch.autograd.gradcheck(fn, (x.requires_grad_(True),))
 
 
-def test_bf16_mode_stores_bf16_with_small_error():
+@pytest.mark.parametrize("products", ["native", "fp32"])  # both bf16 branches, forced, on any CPU
+def test_bf16_mode_stores_bf16_with_small_error(products):
     torch.manual_seed(3)
     x = torch.randn(2, 16, 8, 8)
     weight = torch.randn(24, 16, 3, 3) / 12
@@ -203,7 +206,7 @@ def test_bf16_mode_stores_bf16_with_small_error():
     fn = lambda: modulated_conv2d(x, weight, s, up=2, resample_filter=f, act="lrelu")
     with editgan_fast.use_backend("reference"):
         want = fn()
-    with editgan_fast.use_backend("cpu", dtype=torch.bfloat16):
+    with cpu_settings(bf16_products=products), editgan_fast.use_backend("cpu", dtype=torch.bfloat16):
         got = fn()
     assert got.dtype == torch.bfloat16
     assert _rel(got, want) < 1e-2

@@ -18,7 +18,7 @@ import torch
 
 import editgan_fast
 from editgan_fast import backend
-from editgan_fast.ops import _cpu_seg
+from editgan_fast.ops import _cpu_isa, _cpu_seg
 from editgan_fast.ops.seg_head import PixelMLP, seg_head
 from seg_factories import editgan_widths, random_classifier_state_dict
 
@@ -178,8 +178,10 @@ def test_float64_gradcheck(mode):
     assert rel_err(head(*leaves).detach(), want) < FP64_BOUND[mode]
 
 
+@pytest.mark.parametrize("products", ["native", "fp32"])  # both bf16 branches, forced, on any CPU
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
-def test_bf16_mode_error_bound(mode):
+def test_bf16_mode_error_bound(mode, products, monkeypatch):
+    monkeypatch.setattr(_cpu_isa, "_bf16_products", products)
     feats, mlps = random_case((4, 8, 16, 32), (24, 20, 12, 6), batch=1, members=3, widths=(32, 16))
     want = reference64(feats, mlps, 32, crop=(4, 28, 0, 32), mode=mode)
     got = run("cpu", feats, mlps, 32, dtype=torch.bfloat16, crop=(4, 28, 0, 32), mode=mode)

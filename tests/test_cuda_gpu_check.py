@@ -33,3 +33,36 @@ def test_gpu_check_needs_an_output_directory():
     run = subprocess.run(["bash", os.path.join(ROOT, "bench", "gpu_check.sh")], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "usage" in run.stderr
+
+
+def test_auto_on_cuda_follows_the_gpu_choice_table(monkeypatch):
+    from editgan_fast import backend
+    table = backend.gpu_choice()
+    assert set(table) == {"bias_act", "upfirdn2d", "modulated_conv2d", "seg_head"}
+    assert set(table.values()) <= set(backend.BACKENDS)
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(backend, "_gpu_choice", {"seg_head": "cuda", "bias_act": "triton"})
+    monkeypatch.setattr(backend, "available", lambda name: name in ("triton", "cuda"))
+    assert backend._auto_for(cuda, "seg_head") == "cuda"
+    assert backend._auto_for(cuda, "bias_act") == "triton"
+    assert backend._auto_for(cuda, "upfirdn2d") == "triton"  # not in the table: triton first
+    monkeypatch.setattr(backend, "available", lambda name: name == "triton")
+    assert backend._auto_for(cuda, "seg_head") == "triton"  # the table's choice is not built here
+
+
+def test_record_choice_picks_the_fastest_backend_within_the_bound(tmp_path):
+    import json
+    import shutil
+    from factories import load_bench_script
+    gpu = load_bench_script("gpu")
+    path = tmp_path / "gpu_choice.json"
+    shutil.copy(os.path.join(ROOT, "editgan_fast", "ops", "gpu_choice.json"), path)
+    rows = [("bias_act lrelu", "reference", None, 2.0), ("bias_act lrelu", "triton", 1e-6, 0.5),
+            ("bias_act lrelu", "cuda", 1e-6, 0.3),
+            ("upfirdn2d up", "triton", 1e-6, 0.5), ("upfirdn2d up", "cuda", 1e-6, 0.3),
+            ("upfirdn2d blur", "triton", 1e-6, 0.5), ("upfirdn2d blur", "cuda", 2e-4, 0.3),  # over the bound
+            ("seg_head car", "triton", float("nan"), 1.0), ("seg_head car", "cuda", 5e-4, 4.0)]
+    chosen = gpu.record_choice(str(path), rows, 1e-4, "test device")
+    assert chosen == {"bias_act": "cuda", "upfirdn2d": "triton", "seg_head": "reference"}
+    table = json.loads(path.read_text())
+    assert table["ops"]["modulated_conv2d"] == "triton" and table["measured"].startswith("test device")

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+import fuzzing
 from editgan_fast import io
 from editgan_fast.editor import VectorLibrary
 
@@ -105,9 +106,12 @@ def test_killed_writers_leave_old_or_new_files(tmp_path):
             writer.stdin.write(f"{rng.uniform(0.0, 0.3)}\n")
             writer.stdin.flush()
             assert writer.stdout.readline().strip() == "killed"
+            fuzzing.COUNTS["writer kills"] += 1
             seen.update(_check_files(tmp_path, generations, images))
+            fuzzing.COUNTS["files checked after a kill"] += 5
     finally:
         writer.kill()
         writer.wait()
+        fuzzing.report()
     # Over several kills both versions must have been observed: the kills really interrupted writing.
     assert KILLS < 4 or seen == {0, 1}

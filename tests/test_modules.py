@@ -58,13 +58,14 @@ def test_segmenter_to_and_repr(tmp_path, stub):
     assert "out_size=(16, 16)" in text and "num_classes=5" in text and "BatchNorm1d(128" in text
 
 
-@pytest.mark.parametrize("use_region", [False, True])
+@pytest.mark.parametrize("use_region", [False, "mask", "indices"])
 def test_module_path_matches_the_op(tmp_path, stub, use_region):
     """The train-mode path (the classifiers as modules) with its BatchNorms switched to running statistics
     computes what the seg_head op computes."""
     seg = loaded(tmp_path / "a", stub, seed=3, crop=(3, 13, 1, 16)).double()
     features = stub.random_features(2, seed=6, dtype=torch.float64)
-    region = (torch.rand(10, 15, generator=torch.Generator().manual_seed(0)) < 0.3) if use_region else None
+    mask = torch.rand(10, 15, generator=torch.Generator().manual_seed(0)) < 0.3
+    region = {False: None, "mask": mask, "indices": mask.flatten().nonzero()[:, 0]}[use_region]
     with use_backend("reference"):
         want = seg.logits(features, region=region)
         seg.train()
@@ -72,7 +73,7 @@ def test_module_path_matches_the_op(tmp_path, stub, use_region):
             if isinstance(m, torch.nn.BatchNorm1d):
                 m.eval()
         got = seg.logits(features, region=region)
-    assert got.shape == want.shape == ((2, 5, int(region.sum())) if use_region else (2, 5, 10, 15))
+    assert got.shape == want.shape == (2, 5, *((int(mask.sum()),) if use_region else (10, 15)))
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
@@ -185,3 +186,20 @@ def test_default_editors_are_independent():
     assert b.segmenter.members[0].weights[0].dtype == torch.float32
     assert torch.equal(b.render(latent).image, before.image)
     assert default_editor(trained=False).generator.input.input.dtype == torch.float32
+
+
+def test_editors_over_one_segmenter_share_its_packed_views(tmp_path):
+    """The backends cache packed classifier weights by the views' identity: editors' frozen copies (shared
+    storage) keep the same views, a real deep copy or a moved copy gets its own."""
+    import copy
+    import pickle
+    g, seg = _editor_models(tmp_path)
+    seg.eval()  # how a loaded segmenter arrives
+    a, b = Editor(g, seg), Editor(g, seg)
+    assert a.segmenter.members is b.segmenter.members is seg.members
+    deep = copy.deepcopy(seg)
+    assert deep.members is not seg.members
+    assert deep.members[0].weights[0].data_ptr() != seg.members[0].weights[0].data_ptr()
+    assert pickle.loads(pickle.dumps(seg)).members[0].weights[0].data_ptr() != seg.members[0].weights[0].data_ptr()
+    a.to(torch.float64)
+    assert a.segmenter.members is not seg.members and b.segmenter.members is seg.members

@@ -46,7 +46,7 @@ def test_sdist_holds_every_source_and_no_build_output(sdist):
     top, names = _sdist_names(sdist)
     assert top == f"editgan_fast-{editgan_fast.__version__}"
     wanted = (_on_disk("csrc", {".cpp", ".h", ".cu", ".cuh"}) | _on_disk("kernels", {".py"})
-              | _on_disk("editgan_fast", {".py", ".pt", ".pth", ".json"}) | _on_disk("tests", {".py"})
+              | _on_disk("editgan_fast", {".py", ".pt", ".pth", ".json", ".html", ".js", ".css"}) | _on_disk("tests", {".py"})
               | {"setup.py", "pyproject.toml", "MANIFEST.in", "LICENSE", "README.md", "editgan_fast/py.typed"})
     wanted.discard("editgan_fast/_build_info.py")  # written by each build, never shipped
     assert wanted - names == set()

@@ -279,6 +279,18 @@ def test_cancel_learn_job(client, editor):
     assert_error(client.delete(f"{API}/jobs/{job_id}"), 409, "already finished")
 
 
+def test_job_queue_is_bounded(editor, tmp_path):
+    app = create_app(editor, library_dir=tmp_path / "lib", limits=Limits(max_queued_jobs=1))
+    with TestClient(app) as c:
+        sid = new_session(c, seed=2)
+        body = {"labels_png": labels_b64(painted(editor, 2)), "steps": 200}
+        first = c.post(f"{API}/sessions/{sid}/learn", json={**body, "name": "one"}).json()["id"]
+        assert_error(c.post(f"{API}/sessions/{sid}/learn", json={**body, "name": "two"}), 429, "max_queued_jobs")
+        c.delete(f"{API}/jobs/{first}")
+        assert wait_job(c, first)["state"] == "cancelled"
+        assert c.post(f"{API}/sessions/{sid}/learn", json={**body, "name": "two", "steps": 1}).status_code == 200
+
+
 def test_refine_replaces_latent_and_undo_restores(client, editor):
     sid = new_session(client, seed=2)
     vector, _ = store_vector(client, editor)
@@ -304,11 +316,15 @@ def test_vector_library_upload_download_delete(client, editor):
     r = client.post(f"{API}/vectors", files={"file": ("editgan.npy", npy.getvalue())}, data={"classes": "4,5"})
     assert r.status_code == 200 and r.json()["vectors"][0] == {**r.json()["vectors"][0], "name": "editgan",
                                                                "classes": [4, 5]}
-    assert [v["name"] for v in client.get(f"{API}/vectors").json()["vectors"]] == ["v1", "editgan"]
+    EditVector(-vector.delta, (4,), "st", editor.fingerprint).save(client.library_dir.parent / "st.safetensors")
+    r = client.post(f"{API}/vectors", files={"file": ("st.safetensors",
+                                                      (client.library_dir.parent / "st.safetensors").read_bytes())})
+    assert r.status_code == 200, r.text
+    assert [v["name"] for v in client.get(f"{API}/vectors").json()["vectors"]] == ["v1", "editgan", "st"]
     loaded = EditVector.load(_save(client, "v1"), editor.generator)
     assert torch.equal(loaded.delta, vector.delta) and loaded.classes == (MOUTH,)
     assert client.delete(f"{API}/vectors/v1").status_code == 204
-    assert stored_files(client) == ["editgan.npz"]
+    assert stored_files(client) == ["editgan.npz", "st.npz"]
     assert_error(client.get(f"{API}/vectors/v1"), 404, "v1")
     assert_error(client.delete(f"{API}/vectors/v1"), 404, "v1")
 
@@ -489,3 +505,19 @@ def test_editor_caches_under_concurrent_threads(editor):
     for i, image in enumerate(images):  # each thread's result is its own edit, as computed alone afterwards
         want = editor.apply(latents[i], {vectors[i]: 0.8, vectors[-1 - i]: -0.4}).image
         torch.testing.assert_close(image, want, atol=2e-5, rtol=0)
+
+
+def test_failed_job_reports_the_error_and_stores_nothing(client, editor, monkeypatch):
+    from editgan_fast.errors import NonFiniteLoss
+
+    def diverges(*args, **kwargs):
+        raise NonFiniteLoss("learn: the loss became NaN or Inf (by step 3)")
+    monkeypatch.setattr(editor, "learn_vector", diverges)
+    sid = new_session(client, seed=2)
+    r = client.post(f"{API}/sessions/{sid}/learn",
+                    json={"labels_png": labels_b64(painted(editor, 2)), "name": "nan", "steps": 4})
+    job = wait_job(client, r.json()["id"])
+    assert job["state"] == "failed"
+    assert job["error"] == {"error": "NonFiniteLoss", "message": "learn: the loss became NaN or Inf (by step 3)",
+                            "status": 422}
+    assert stored_files(client) == []

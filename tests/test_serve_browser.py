@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from editgan_fast import io
+from editgan_fast import assets, io
 from editgan_fast.editor import default_editor
 from editgan_fast.serve import create_app
 from editgan_fast.serve.local import serving
@@ -46,7 +46,8 @@ def photo_png(editor) -> bytes:
 
 def test_page_paints_learns_and_slides():
     editor = default_editor(progress=False)
-    with tempfile.TemporaryDirectory() as library, serving(create_app(editor, library)) as url, \
+    names = assets.manifest()["classes"]
+    with tempfile.TemporaryDirectory() as library, serving(create_app(editor, library, class_names=names)) as url, \
             sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
@@ -59,6 +60,7 @@ def test_page_paints_learns_and_slides():
 
             # A mouth-coloured stroke across the lower face (the label canvas is 320 px for 64 labels).
             page.click(f".swatch[data-cls='{MOUTH}']")
+            assert page.text_content("#brush-name") == "mouth"
             box = page.locator("#labels").bounding_box()
             page.mouse.move(box["x"] + 130, box["y"] + 222)
             page.mouse.down()

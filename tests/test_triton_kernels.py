@@ -26,10 +26,12 @@ if DEVICE == "cpu":
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
+tl = triton.language
 
 import editgan_fast  # noqa: E402
 from editgan_fast.ops import PixelMLP, bias_act, modulated_conv2d, seg_head, setup_filter, upfirdn2d  # noqa: E402
+from editgan_fast.kernels import seg_head as seg_kernels  # noqa: E402
 
 if DEVICE == "cuda" and not torch.cuda.is_available():
     if os.environ.get("EDITGAN_FAST_REQUIRE_GPU") == "1":  # bench/gpu_check.sh: a skip is a failure
@@ -228,3 +230,53 @@ def test_seg_head_low_precision_storage(storage):
     members = members[:1]  # also covers a single-member "ensemble"
     check(lambda *fs: seg_head(list(fs), [m.to(fs[0].dtype) for m in members], 20, crop=(3, 17, 0, 20)), feats,
           storage=storage)
+
+
+def test_seg_head_in_bands(monkeypatch):
+    """A budget small enough for three bands of output rows: each band projects only the source rows its taps
+    reach (overlapping its neighbours'), and the feature gradients accumulate band after band."""
+    from editgan_fast.ops import _triton_backend
+    monkeypatch.setenv("EDITGAN_FAST_SEG_BUDGET_MB", "0.25")
+    feats, members = seg_case()
+    region = (torch.rand(17, 20) > 0.3).to(DEVICE)
+
+    def head(*fs):
+        return seg_head(list(fs), [m.to(fs[0].dtype) for m in members], 20, crop=(2, 19, 0, 20), region=region)
+    check(head, feats)
+    plans = [p for key, p in _triton_backend._plans.items() if key[5] == int(0.25 * 2**20)]
+    assert plans and all(len(p.bands) >= 3 for p in plans)
+
+
+def test_seg_head_band_buffer_fits_its_budget_at_real_sizes():
+    """Host-side plans only (no kernel runs): EditGAN's car configuration and a 1024 px face model."""
+    from editgan_fast.kernels.seg_head import Plan
+    car = [(1, 512, 4, 4)] * 2 + [(1, c, r, r) for c, r in ((512, 8), (512, 16), (512, 32), (512, 64), (256, 128),
+                                                            (128, 256), (64, 512)) for _ in (0, 1)]
+    face = car + [(1, 32, 1024, 1024)] * 2
+    for shapes, out, box in ((car, (512, 512), (64, 448, 0, 512)), (face, (1024, 1024), (0, 1024, 0, 1024))):
+        for mode in (0, 1):
+            plan = Plan(shapes, out, box, mode, nout=2560, budget=2**30, device="cpu")
+            assert plan.max_rows * 2560 * 8 <= 2**30
+            assert len(plan.groups) == len({s[2] for s in shapes})  # same-size maps merged
+            assert [b[:2] for b in plan.bands] == list(zip([b[0] for b in plan.bands],
+                                                           [b[0] for b in plan.bands[1:]] + [box[1]]))
+            assert plan.bands[0][0] == box[0] and len(plan.bands) <= (box[1] - box[0]) // 32  # bands, not rows
+
+
+@triton.jit
+def _last_pixel_offsets(meta_ptr, out_ptr, NOUT, MODE: tl.constexpr):
+    o = tl.full((2,), 1023, tl.int32)
+    o00, o01, o10, o11, w00, w01, w10, w11 = seg_kernels._map_taps(meta_ptr, 0, tl.full((), 1, tl.int32), o, o, 1024,
+                                                                  1024, NOUT, MODE)
+    tl.store(out_ptr + tl.arange(0, 2), o00)
+
+
+def test_seg_head_offsets_are_int64_at_1024_px():
+    """The gather offset of the last pixel of the second image of a 1024 px map with E*H1 = 2560 columns is
+    5.4e9 elements: the kernel helper must compute it without int32 wrap-around whatever the caller's index
+    type (interpreted with numpy's fixed-width integers, a wrap shows)."""
+    meta = torch.tensor([0, 1024, 1024, 0, 1024], dtype=torch.int32, device=DEVICE)
+    out = torch.zeros(2, dtype=torch.int64, device=DEVICE)
+    _last_pixel_offsets[(1,)](meta, out, 2560, MODE=seg_kernels.NEAREST)
+    expected = ((1 * 1024 + 1023) * 1024 + 1023) * 2560
+    assert expected > 2**32 and out.tolist() == [expected, expected]

@@ -6,12 +6,13 @@
 // grad_y = g * d and grad_d[n,c] = sum_p g * y with g = grad_out * bias_act'(pre-activation), recomputing the
 // pre-activation from y instead of storing it. The forward row function and the argument checks are shared with
 // the kernels that fuse the epilogue into their own output pass (epilogue.h). The inner loops are compiled for
-// AVX-512, AVX2 and baseline x86-64 and picked at load time.
+// AVX-512, AVX2 and baseline x86-64; editgan/isa.h picks one at run time (forceable from Python).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include "editgan/grain.h"
+#include "editgan/isa.h"
 #include "epilogue.h"
 #include "output_pool.h"
 
@@ -22,16 +23,17 @@ using editgan::EpilogueParams;
 using editgan::PlaneEpilogue;
 
 template <typename T>
-__attribute__((target_clones("avx512f", "avx2", "default")))
-void forward_plane(const PlaneEpilogue<T> pl, const EpilogueParams p, const T* y, T* out, int64_t hw,
-                   const T* residual) {
+EG_ALWAYS_INLINE void forward_plane_body(const PlaneEpilogue<T> pl, const EpilogueParams p, const T* y, T* out,
+                                         int64_t hw, const T* residual) {
   editgan::apply_row(pl, p, y, out, 0, hw, residual);
 }
+EG_ISA_VARIANTS(template <typename T>, void, forward_plane,
+                (const PlaneEpilogue<T> pl, const EpilogueParams p, const T* y, T* out, int64_t hw, const T* residual),
+                (pl, p, y, out, hw, residual))
 
 template <typename T>
-__attribute__((target_clones("avx512f", "avx2", "default")))
-T backward_plane(const PlaneEpilogue<T> pl, const EpilogueParams p, const T* y, const T* grad_out, T* grad_y,
-                 int64_t hw) {
+EG_ALWAYS_INLINE T backward_plane_body(const PlaneEpilogue<T> pl, const EpilogueParams p, const T* y,
+                                       const T* grad_out, T* grad_y, int64_t hw) {
   T grad_d = T(0);
   for (int64_t i = 0; i < hw; ++i) {
     T s = y[i] * pl.d + (pl.noise ? pl.noise[i] : T(0)) + pl.bias;
@@ -41,6 +43,10 @@ T backward_plane(const PlaneEpilogue<T> pl, const EpilogueParams p, const T* y, 
   }
   return grad_d;
 }
+EG_ISA_VARIANTS(template <typename T>, T, backward_plane,
+                (const PlaneEpilogue<T> pl, const EpilogueParams p, const T* y, const T* grad_out, T* grad_y,
+                 int64_t hw),
+                (pl, p, y, grad_out, grad_y, hw))
 
 void check_y(const at::Tensor& y) {
   TORCH_CHECK(y.dim() == 4 && y.device().is_cpu() && y.is_contiguous(), "epilogue: y must be a contiguous CPU NCHW tensor");

@@ -42,7 +42,7 @@ __attribute__((always_inline)) inline void apply_row_as(const PlaneEpilogue<T>& 
 }  // namespace detail
 
 // out[i] = epilogue(y[i]) (+ residual[i]) for i < len, starting at offset `at` of the plane (noise index);
-// out may alias y. Always inlined: it then compiles for the caller's instruction set (target_clones).
+// out may alias y. Always inlined: it then compiles for the caller's instruction set (editgan/isa.h).
 template <typename T>
 __attribute__((always_inline)) inline void apply_row(const PlaneEpilogue<T>& pl, const EpilogueParams& p, const T* y, T* out, int64_t at,
                       int64_t len, const T* residual = nullptr) {

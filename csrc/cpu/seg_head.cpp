@@ -10,6 +10,8 @@
 // Per tile of output pixels (a run of the row-major pixel list: the whole crop, or a region's pixels):
 //   h = b1 + sum_g resample(source_g) [@ W1_g^T]; ReLU; per member Linear(+folded BN), ReLU, Linear(+folded BN);
 //   mean over members -> out[n, :, tile]. Nothing at full resolution larger than the output is ever built.
+//   With bf16_products (the bf16 mode on CPUs with native bf16) the second layer's per-tile products (the
+//   largest per-pixel GEMMs) run in bf16 with fp32 accumulation; the hidden activations stay fp32.
 // Backward recomputes the tile, pushes dL/dlogits back to dL/dh and scatters it with the same tap weights into
 // per-group gradients at source resolution (dL/dP_g for projected groups, dL/dfeatures for direct ones);
 // Python finishes with dL/df = W1_g^T dL/dP_g at native resolution.
@@ -24,30 +26,13 @@
 #include <vector>
 
 #include "editgan/elementwise.h"
+#include "editgan/isa.h"
 
 namespace {
 
-// Run-time ISA selection for the gather/scatter loops (the GEMMs go to ATen's BLAS, which selects its own):
-// each hot loop is compiled twice, for AVX2+FMA and portable, and picked once by CPU feature. (Not
-// target_clones("arch=haswell"): its resolver asks whether the CPU *is* a Haswell, so AMD parts with AVX2
-// would get the portable build.)
-#if defined(__x86_64__) && defined(__GNUC__)
-#define EG_AVX2 __attribute__((target("avx2,fma")))
-#define EG_INLINE __attribute__((always_inline)) inline  // so each ISA variant gets the body compiled for it
-const bool kHasAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-#define EG_AVX2
-#define EG_INLINE inline
-const bool kHasAvx2 = false;
-#endif
-// Defines NAME(args) dispatching to NAME_avx2 / NAME_portable, both with the body BODY.
-#define EG_DISPATCH(NAME, PARAMS, ARGS, BODY) \
-  EG_AVX2 void NAME##_avx2 PARAMS { BODY; }     \
-  void NAME##_portable PARAMS { BODY; }         \
-  void NAME PARAMS {                            \
-    if (kHasAvx2) NAME##_avx2 ARGS;             \
-    else NAME##_portable ARGS;                  \
-  }
+// The gather/scatter loops are compiled per ISA and picked at run time (editgan/isa.h); the GEMMs go to ATen's
+// BLAS / oneDNN, which select their own.
+#define EG_INLINE EG_ALWAYS_INLINE
 
 enum Mode : int64_t { kBilinear = 0, kNearest = 1 };
 
@@ -88,60 +73,93 @@ EG_INLINE void gather_taps_impl(D* dst, const D* init, const S* const* src, cons
   for (int64_t k0 = 0; k0 < K; k0 += 64) gather_block(dst, init, src, w, ntaps, k0, std::min<int64_t>(64, K - k0));
 }
 
-// fp32 destination: GCC vector types, so the 64-float accumulator block provably lives in 8 registers (an
-// array of floats gets spilled to the stack) and each clone compiles them to its own ISA.
-typedef float f8 __attribute__((vector_size(32)));
-typedef float f8u __attribute__((vector_size(32), aligned(4)));
-typedef uint16_t u16x8u __attribute__((vector_size(16), aligned(2)));
-typedef uint32_t u32x8 __attribute__((vector_size(32)));
+// fp32 destination: GCC vector types of L floats (8: AVX2's registers, 16: AVX-512's), so the 64-float
+// accumulator block provably lives in 64 / L registers (an array of floats gets spilled to the stack) and each
+// ISA variant compiles them to its own instructions.
+template <int L>
+struct Lanes;
+// (Explicit specializations: GCC rejects __builtin_convertvector on vector types that depend on L.)
+#define EG_LANES(L)                                                                      \
+  template <>                                                                            \
+  struct Lanes<L> {                                                                      \
+    typedef float f __attribute__((vector_size(4 * L)));                                 \
+    typedef float fu __attribute__((vector_size(4 * L), aligned(4)));                    \
+    typedef uint16_t hu __attribute__((vector_size(2 * L), aligned(2)));                 \
+    typedef uint32_t u __attribute__((vector_size(4 * L)));                              \
+    static EG_INLINE f load(const float* p) { return *reinterpret_cast<const fu*>(p); }  \
+    static EG_INLINE f load(const uint16_t* p) { /* bf16: the bits into the high half */ \
+      u bits = __builtin_convertvector(*reinterpret_cast<const hu*>(p), u) << 16;        \
+      f v;                                                                               \
+      std::memcpy(&v, &bits, sizeof v);                                                  \
+      return v;                                                                          \
+    }                                                                                    \
+    static EG_INLINE void store(float* p, f v) { *reinterpret_cast<fu*>(p) = v; }        \
+  };
+EG_LANES(8)
+EG_LANES(16)
+#undef EG_LANES
 
-EG_INLINE f8 load8(const float* p) { return *reinterpret_cast<const f8u*>(p); }
-EG_INLINE f8 load8(const uint16_t* p) {
-  u32x8 bits = __builtin_convertvector(*reinterpret_cast<const u16x8u*>(p), u32x8) << 16;
-  f8 v;
-  std::memcpy(&v, &bits, sizeof v);
-  return v;
-}
-EG_INLINE void store8(float* p, f8 v) { *reinterpret_cast<f8u*>(p) = v; }
-
-template <typename S>
+template <int L, typename S>
 EG_INLINE void gather_taps_f32(float* dst, const float* init, const S* const* src, const float* w, int ntaps,
                                int64_t K) {
+  using V = Lanes<L>;
+  using f = typename V::f;
+  constexpr int R = 64 / L;  // registers per 64-float block
   int64_t k0 = 0;
   for (; k0 + 64 <= K; k0 += 64) {
-    f8 acc[8];
+    f acc[R];
 #pragma GCC unroll 8
-    for (int i = 0; i < 8; ++i) acc[i] = init ? load8(init + k0 + 8 * i) : f8{};
+    for (int i = 0; i < R; ++i) acc[i] = init ? V::load(init + k0 + L * i) : f{};
     for (int j = 0; j < ntaps; ++j) {
       const S* sj = src[j] + k0;
-      const f8 wj = f8{} + w[j];
+      const f wj = f{} + w[j];
 #pragma GCC unroll 8
-      for (int i = 0; i < 8; ++i) acc[i] += wj * load8(sj + 8 * i);
+      for (int i = 0; i < R; ++i) acc[i] += wj * V::load(sj + L * i);
     }
 #pragma GCC unroll 8
-    for (int i = 0; i < 8; ++i) store8(dst + k0 + 8 * i, acc[i]);
+    for (int i = 0; i < R; ++i) V::store(dst + k0 + L * i, acc[i]);
   }
-  for (; k0 + 8 <= K; k0 += 8) {
-    f8 acc = init ? load8(init + k0) : f8{};
-    for (int j = 0; j < ntaps; ++j) acc += (f8{} + w[j]) * load8(src[j] + k0);
-    store8(dst + k0, acc);
+  for (; k0 + L <= K; k0 += L) {
+    f acc = init ? V::load(init + k0) : f{};
+    for (int j = 0; j < ntaps; ++j) acc += (f{} + w[j]) * V::load(src[j] + k0);
+    V::store(dst + k0, acc);
   }
   if (k0 < K) gather_block(dst, init, src, w, ntaps, k0, K - k0);
 }
 
-EG_DISPATCH(gather_taps, (float* dst, const float* init, const float* const* src, const float* w, int ntaps,
-                          int64_t K), (dst, init, src, w, ntaps, K), gather_taps_f32(dst, init, src, w, ntaps, K))
-EG_DISPATCH(gather_taps, (float* dst, const float* init, const uint16_t* const* src, const float* w, int ntaps,
-                          int64_t K), (dst, init, src, w, ntaps, K), gather_taps_f32(dst, init, src, w, ntaps, K))
+// The fp32 gathers per ISA (16 lanes on AVX-512, 8 elsewhere; the portable build splits 8 into SSE halves).
+template <typename S>
+EG_TARGET_AVX512 void gather_taps_avx512(float* dst, const float* init, const S* const* src, const float* w,
+                                         int ntaps, int64_t K) {
+  gather_taps_f32<16>(dst, init, src, w, ntaps, K);
+}
+template <typename S>
+EG_TARGET_AVX2 void gather_taps_avx2(float* dst, const float* init, const S* const* src, const float* w, int ntaps,
+                                     int64_t K) {
+  gather_taps_f32<8>(dst, init, src, w, ntaps, K);
+}
+template <typename S>
+void gather_taps_portable(float* dst, const float* init, const S* const* src, const float* w, int ntaps,
+                          int64_t K) {
+  gather_taps_f32<8>(dst, init, src, w, ntaps, K);
+}
+template <typename S>
+void gather_taps(float* dst, const float* init, const S* const* src, const float* w, int ntaps, int64_t K) {
+  switch (editgan::active_isa()) {
+    case editgan::Isa::Avx512: return gather_taps_avx512(dst, init, src, w, ntaps, K);
+    case editgan::Isa::Avx2: return gather_taps_avx2(dst, init, src, w, ntaps, K);
+    default: return gather_taps_portable(dst, init, src, w, ntaps, K);
+  }
+}
 void gather_taps(double* dst, const double* init, const double* const* src, const float* w, int ntaps, int64_t K) {
   gather_taps_impl(dst, init, src, w, ntaps, K);
 }
 
 // y[k] += w x[k]: the adjoint of one tap, in backward.
-EG_INLINE void axpy_f32(float* __restrict y, const float* __restrict x, float w, int64_t K) {
+EG_INLINE void axpy_body(float* __restrict y, const float* __restrict x, float w, int64_t K) {
   for (int64_t k = 0; k < K; ++k) y[k] += w * x[k];
 }
-EG_DISPATCH(axpy, (float* y, const float* x, float w, int64_t K), (y, x, w, K), axpy_f32(y, x, w, K))
+EG_ISA_VARIANTS(, void, axpy, (float* y, const float* x, float w, int64_t K), (y, x, w, K))
 void axpy(double* __restrict y, const double* __restrict x, double w, int64_t K) {
   for (int64_t k = 0; k < K; ++k) y[k] += w * x[k];
 }
@@ -188,12 +206,14 @@ struct Head {
   at::Tensor b1, w2t, w2, b2, w3s, b3mean;  // w2t [E,H1,H2], w3s [C, E*H2] pre-scaled by 1/E
   at::ScalarType dtype;                     // compute dtype: float or double
   bool projected_bf16 = false;              // projected groups stored in bf16 (all of them, or none)
+  at::Tensor w2t_bf16;                      // defined: the second layer's products run in bf16 (fp32 accumulation)
 };
 
 Head make_head(const std::vector<at::Tensor>& sources, const std::vector<at::Tensor>& direct,
                at::IntArrayRef sizes, at::IntArrayRef offsets, const at::Tensor& pix_y, const at::Tensor& pix_x,
                int64_t out_h, int64_t out_w, int64_t mode, const at::Tensor& b1, const at::Tensor& w2,
-               const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3, int64_t tile_pixels) {
+               const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3, int64_t tile_pixels,
+               bool bf16_products) {
   Head h;
   const int64_t G = (int64_t)sources.size();
   TORCH_CHECK(G > 0 && (int64_t)direct.size() == G && (int64_t)sizes.size() == 2 * G &&
@@ -267,6 +287,8 @@ Head make_head(const std::vector<at::Tensor>& sources, const std::vector<at::Ten
   h.b1 = b1;
   h.w2 = w2;
   h.w2t = w2.transpose(1, 2);
+  TORCH_CHECK(!bf16_products || h.dtype == at::kFloat, "seg_head: bf16 products need float32 weights");
+  if (bf16_products) h.w2t_bf16 = h.w2t.to(at::kBFloat16);
   h.b2 = b2.unsqueeze(1);
   h.w3s = w3.permute({1, 0, 2}).reshape({h.C, h.E * h.H2}) / (double)h.E;
   h.b3mean = b3.mean(0);
@@ -364,7 +386,9 @@ template <typename scalar_t>
 at::Tensor hidden_layers(const Head& hd, int64_t n, int64_t p0, int64_t T, at::Tensor& a1, at::Tensor& buf) {
   hidden_tile<scalar_t>(hd, n, p0, T, a1, buf);
   a1.relu_();
-  at::Tensor z = at::bmm(a1.view({T, hd.E, hd.H1}).transpose(0, 1), hd.w2t);  // [E, T, H2]
+  at::Tensor a1e = a1.view({T, hd.E, hd.H1}).transpose(0, 1);
+  at::Tensor z = hd.w2t_bf16.defined() ? at::bmm(a1e.to(at::kBFloat16), hd.w2t_bf16).to(at::kFloat)
+                                       : at::bmm(a1e, hd.w2t);  // [E, T, H2]
   return z.add_(hd.b2).relu_();
 }
 
@@ -461,9 +485,10 @@ std::vector<at::Tensor> backward_impl(const Head& hd, const at::Tensor& grad_out
 at::Tensor seg_head_forward(at::TensorList sources, at::TensorList direct, at::IntArrayRef sizes,
                             at::IntArrayRef offsets, const at::Tensor& pix_y, const at::Tensor& pix_x,
                             int64_t out_h, int64_t out_w, int64_t mode, const at::Tensor& b1, const at::Tensor& w2,
-                            const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3, int64_t tile_pixels) {
+                            const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3, int64_t tile_pixels,
+                            bool bf16_products) {
   Head hd = make_head(sources.vec(), direct.vec(), sizes, offsets, pix_y, pix_x, out_h, out_w, mode, b1, w2, b2,
-                      w3, b3, tile_pixels);
+                      w3, b3, tile_pixels, bf16_products);
   at::Tensor out = at::empty({hd.N, hd.C, hd.npix}, b1.options());
   if (hd.npix == 0) return out;
   if (hd.dtype == at::kFloat) forward_impl<float>(hd, out);
@@ -475,9 +500,10 @@ std::vector<at::Tensor> seg_head_backward(const at::Tensor& grad_out, at::Tensor
                                           at::TensorList direct, at::IntArrayRef sizes, at::IntArrayRef offsets,
                                           const at::Tensor& pix_y, const at::Tensor& pix_x, int64_t out_h,
                                           int64_t out_w, int64_t mode, const at::Tensor& b1, const at::Tensor& w2,
-                                          const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3, int64_t tile_pixels) {
+                                          const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3, int64_t tile_pixels,
+                            bool bf16_products) {
   Head hd = make_head(sources.vec(), direct.vec(), sizes, offsets, pix_y, pix_x, out_h, out_w, mode, b1, w2, b2,
-                      w3, b3, tile_pixels);
+                      w3, b3, tile_pixels, bf16_products);
   TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({hd.N, hd.C, hd.npix}) && grad_out.scalar_type() == hd.dtype,
               "seg_head_backward: grad_out must be [N, C, P] in the compute dtype");
   if (hd.npix == 0) {
@@ -498,11 +524,11 @@ TORCH_LIBRARY_FRAGMENT(editgan_fast, m) {
   m.def(
       "seg_head_forward(Tensor[] sources, Tensor[] direct_weights, int[] source_sizes, int[] source_offsets, "
       "Tensor pix_y, Tensor pix_x, int out_h, int out_w, int mode, Tensor b1, Tensor w2, Tensor b2, Tensor w3, "
-      "Tensor b3, int tile_pixels=0) -> Tensor");
+      "Tensor b3, int tile_pixels=0, bool bf16_products=False) -> Tensor");
   m.def(
       "seg_head_backward(Tensor grad_out, Tensor[] sources, Tensor[] direct_weights, int[] source_sizes, "
       "int[] source_offsets, Tensor pix_y, Tensor pix_x, int out_h, int out_w, int mode, Tensor b1, Tensor w2, "
-      "Tensor b2, Tensor w3, Tensor b3, int tile_pixels=0) -> Tensor[]");
+      "Tensor b2, Tensor w3, Tensor b3, int tile_pixels=0, bool bf16_products=False) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(editgan_fast, CPU, m) {

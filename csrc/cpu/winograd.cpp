@@ -21,6 +21,7 @@
 #include <torch/library.h>
 
 #include "editgan/grain.h"
+#include "editgan/isa.h"
 #include "editgan/scratch.h"
 #include "epilogue.h"
 #include "output_pool.h"
@@ -46,9 +47,8 @@ struct Chunk {  // tile rows [ty0, ty1) of one image; tile index t = (ty - ty0) 
 // combinations B^T d and the column combinations per tile are all unit-stride loops over tiles.
 // Writes v[xi * tiles + t] (a per-thread buffer: see winograd_conv).
 template <typename T>
-__attribute__((target_clones("avx512f", "avx2", "default")))
-void input_transform_channel(const Spec& sp, const T* plane, T scale, int64_t h, int64_t w, int64_t tw,
-                             const Chunk& ch, int64_t tiles, T* v, T* buf) {
+EG_ALWAYS_INLINE void input_transform_channel_body(const Spec& sp, const T* plane, T scale, int64_t h, int64_t w,
+                                                   int64_t tw, const Chunk& ch, int64_t tiles, T* v, T* buf) {
   const int64_t a = sp.alpha, win = sp.window, st = sp.step, np = sp.phase_len, row = st * np;
   T* d = buf;              // [win][step][np]: the window's input rows, by phase
   T* r = buf + win * row;  // [alpha][step][np]: B^T d
@@ -91,15 +91,19 @@ void input_transform_channel(const Spec& sp, const T* plane, T scale, int64_t h,
     }
   }
 }
+EG_ISA_VARIANTS(template <typename T>, void, input_transform_channel,
+                (const Spec& sp, const T* plane, T scale, int64_t h, int64_t w, int64_t tw, const Chunk& ch,
+                 int64_t tiles, T* v, T* buf),
+                (sp, plane, scale, h, w, tw, ch, tiles, v, buf))
 
 // A^T M A for every tile of a chunk, output channel k (m[(xi * K + k) * tiles + t]) into the NCHW output plane:
 // the row combinations, then the column combinations into one contiguous array per output phase q (both
 // unit-stride over tiles), then one interleaving copy per output row.
 template <typename T>
-__attribute__((target_clones("avx512f", "avx2", "default")))
-void output_transform_channel(const Spec& sp, const T* m, int64_t tiles, int64_t tw, const Chunk& ch, T* plane,
-                              int64_t h, int64_t w, T* buf, const editgan::PlaneEpilogue<T>* epi,
-                              const editgan::EpilogueParams& ep) {
+EG_ALWAYS_INLINE void output_transform_channel_body(const Spec& sp, const T* m, int64_t tiles, int64_t tw,
+                                                    const Chunk& ch, T* plane, int64_t h, int64_t w, T* buf,
+                                                    const editgan::PlaneEpilogue<T>* epi,
+                                                    const editgan::EpilogueParams& ep) {
   const int64_t a = sp.alpha, ot = sp.out_tile;
   T* s = buf;                // [ot][alpha][tw]: (A^T M)[p][q] per tile
   T* o = buf + ot * a * tw;  // [ot][tw]: one output row by phase
@@ -140,6 +144,10 @@ void output_transform_channel(const Spec& sp, const T* m, int64_t tiles, int64_t
     }
   }
 }
+EG_ISA_VARIANTS(template <typename T>, void, output_transform_channel,
+                (const Spec& sp, const T* m, int64_t tiles, int64_t tw, const Chunk& ch, T* plane, int64_t h,
+                 int64_t w, T* buf, const editgan::PlaneEpilogue<T>* epi, const editgan::EpilogueParams& ep),
+                (sp, m, tiles, tw, ch, plane, h, w, buf, epi, ep))
 
 at::Tensor winograd_conv(const at::Tensor& x, const at::Tensor& u, const c10::optional<at::Tensor>& scale,
                          at::ArrayRef<double> bt, int64_t window, at::ArrayRef<double> at_, int64_t out_tile,

@@ -41,8 +41,9 @@ def resolve_latent(editor, job: BatchJob, item: Item):
 
 def _scale_columns(job: BatchJob, vectors: dict) -> dict:
     """{EditVector: [S scales]}: every setting of one latent as one batch (a vector absent from a setting: 0)."""
-    names = [name for name in vectors if any(name == n for s in job.settings for n, _ in s)]
-    return {vectors[name]: [dict(s).get(name, 0.0) for s in job.settings] for name in names}
+    settings = [dict(s) for s in job.settings]
+    used = [name for name in vectors if any(name in s for s in settings)]
+    return {vectors[name]: [s.get(name, 0.0) for s in settings] for name in used}
 
 
 def render_shard(editor, job: BatchJob, shard: int) -> tuple[bytes, list[dict]]:

@@ -12,6 +12,7 @@ model until then; `trained=True` insists on the bundled weights.
 """
 from __future__ import annotations
 
+import copy
 import functools
 
 import torch
@@ -106,13 +107,18 @@ def _bundled_editor(**editor_options) -> Editor | None:
     return None if models is None else Editor(*models, **editor_options)
 
 
-def default_editor(trained: bool | None = None, **editor_options) -> Editor:
-    """The embedded default Editor; `trained` chooses bundled trained weights (see the module docstring)."""
+def default_editor(trained: bool | None = None, device=None, **editor_options) -> Editor:
+    """The embedded default Editor; `trained` chooses bundled trained weights (see the module docstring);
+    `device`: where its models live (default cpu)."""
+    editor = None
     if trained is not False:
         editor = _bundled_editor(**editor_options)
-        if editor is not None:
-            return editor
-        if trained:
+        if editor is None and trained:
             from ..assets import MANIFEST, BundledModelError, RESTORE
             raise BundledModelError(f"the bundled trained model is missing ({MANIFEST} is absent); {RESTORE}")
-    return random_editor(0, **editor_options)
+    editor = editor or random_editor(0, **editor_options)
+    if device is not None and torch.device(device) != editor.device:
+        # Copies: the bundled models are cached on the CPU for every later default_editor().
+        editor = Editor(*(copy.deepcopy(m).to(device) for m in (editor.generator, editor.segmenter)),
+                        **{**editor_options, "learn_lr": editor.learn_lr})
+    return editor

@@ -85,11 +85,12 @@ def format_table(rows: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(out: Path, steps: int = 40, refine_steps: int = 15, repeats: int = 3, progress: bool = True) -> dict:
+def run_demo(out: Path, steps: int = 40, refine_steps: int = 15, repeats: int = 3, progress: bool | None = True,
+             device=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     timings = {}
     start = time.perf_counter()
-    editor = default_editor(progress=progress)
+    editor = default_editor(progress=progress, device=device)
     timings["build default model"] = time.perf_counter() - start
 
     latent = editor.sample(DEMO_SEED)
@@ -131,7 +132,8 @@ def run_demo(out: Path, steps: int = 40, refine_steps: int = 15, repeats: int = 
     io.save_labels(out / "refined_labels.png", result.labels)
 
     latency = latency_table(editor, repeats=repeats, vector=vector)
-    (out / "latency.md").write_text(format_table(latency) + "\n")
+    with io.atomic_write(out / "latency.md", "w") as f:
+        f.write(format_table(latency) + "\n")
     summary = {
         "out": str(out),
         "grown_class": grown,
@@ -140,5 +142,6 @@ def run_demo(out: Path, steps: int = 40, refine_steps: int = 15, repeats: int = 
         "stage_seconds": {k: round(v, 2) for k, v in timings.items()},
         "latency_ms": {k: round(v, 2) for k, v in latency.items()},
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with io.atomic_write(out / "summary.json", "w") as f:
+        f.write(json.dumps(summary, indent=2) + "\n")
     return summary

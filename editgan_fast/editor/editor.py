@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 import math
-import sys
 import threading
 import warnings
 import weakref
@@ -26,10 +26,11 @@ import torch.nn.functional as F
 from .. import io, limits
 from ..errors import InputValueError, NonFiniteLoss, OptimizationInterrupted
 from . import losses
-from .progress import ProgressBar
+from .progress import ProgressBar, enabled
 from .seeds import seed_z
 from .vectors import EditVector, wplus_matrix
 
+log = logging.getLogger(__name__)  # under "editgan_fast", which the CLI configures
 StepCallback = Callable[[int, dict, torch.Tensor], None]
 LEARN_LR = 0.02          # EditGAN's editing optimizer (Adam, constant)
 EMBED_PEAK_LR = 0.1      # EditGAN's embedding optimizer (Adam, cosine ramp, get_lr(t, 0.1))
@@ -67,7 +68,8 @@ def embedding_lr(t: float, peak: float = EMBED_PEAK_LR, rampdown: float = 0.25, 
 class Editor:
     """`Editor(generator, segmenter, encoder=None, lpips=None)`; see the module docstring.
 
-    `progress`: draw a progress bar on stderr during optimizing calls (default: when stderr is a terminal).
+    `progress`: draw a tqdm progress bar on stderr during optimizing calls (None, the default: only when stderr
+    is a terminal; True: always).
     `noise_mode`: the generator's noise during editing ("const", the stored noise, as EditGAN).
     `learn_lr`: Adam's learning rate in `learn_vector` and `refine` (EditGAN's 0.02 for trained generators).
     `compile`: run apply's synthesis + segmentation as one torch.compile(fullgraph=True) graph, compiled at the
@@ -84,7 +86,7 @@ class Editor:
         self.segmenter = _frozen_copy(segmenter)
         self.encoder = _frozen_copy(encoder) if encoder is not None else None
         self.lpips = _frozen_copy(lpips) if lpips is not None else None
-        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.progress = enabled(progress)
         self.noise_mode = noise_mode
         self.learn_lr = learn_lr
         self.fingerprint = generator.fingerprint()
@@ -114,13 +116,14 @@ class Editor:
             module = getattr(self, name)
             if module is not None:
                 setattr(self, name, module.to(*args, **kwargs))
-        self._latent_styles.clear()
-        self._vector_styles.clear()
+        with self._cache_lock:
+            self._latent_styles.clear()
+            self._vector_styles.clear()
         return self
 
     def latent(self, wplus) -> Latent:
         """Wrap and check a w+ tensor for this generator."""
-        latent = wplus if isinstance(wplus, Latent) else Latent(torch.as_tensor(wplus))
+        latent = wplus if isinstance(wplus, Latent) else Latent(_tensor(wplus, "the latent (a Latent or w+ tensor)"))
         want = (self.generator.num_ws, self.generator.style_dim)
         if tuple(latent.wplus.shape) != want:
             raise ValueError(f"this generator's latents are w+ of shape {list(want)}, got "
@@ -136,11 +139,7 @@ class Editor:
         if isinstance(seed_or_z, int):
             z = seed_z(seed_or_z, g.style_dim)
         else:
-            try:
-                z = torch.as_tensor(seed_or_z, dtype=torch.float32).reshape(1, -1)
-            except (TypeError, ValueError, RuntimeError):
-                raise InputValueError(f"seed_or_z must be an int seed or a z of {g.style_dim} numbers, got "
-                                      f"{type(seed_or_z).__name__}") from None
+            z = _tensor(seed_or_z, "seed_or_z (an int seed or a z)", torch.float32).reshape(1, -1)
             if z.shape[1] != g.style_dim or not torch.isfinite(z).all():
                 raise InputValueError(f"z must have {g.style_dim} finite entries, got {z.shape[1]}"
                                       + ("" if torch.isfinite(z).all() else " with NaN or Inf"))
@@ -232,6 +231,9 @@ class Editor:
         (latent, {vector: scale or [B_i] scales}); the result stacks every item's rows in order (images
         [Σ B_i, 3, H, W], labels [Σ B_i, h, w]), each row equal to what `apply` gives for it alone.
         `labels=False` skips the segmentation (labels None): an image-only preview, e.g. while a slider moves."""
+        if isinstance(items, (str, bytes)) or not hasattr(items, "__iter__"):
+            raise InputValueError(f"apply_many takes a sequence of (latent, {{vector: scale}}) pairs, got "
+                                  f"{type(items).__name__}")
         items = list(items)
         if not items:
             raise ValueError("apply_many needs at least one (latent, vectors) item")
@@ -311,7 +313,7 @@ class Editor:
         """(objective, edited classes) of an edit of `latent` to `edited_labels`."""
         latent = self.latent(latent)
         original, _ = self.segment(latent)
-        edited = torch.as_tensor(edited_labels)
+        edited = _tensor(edited_labels, "the edited label map")
         if edited.is_floating_point():
             raise ValueError(f"the edited label map must hold integer class ids, got {edited.dtype}")
         edited = edited.to(torch.int64)
@@ -385,7 +387,7 @@ class Editor:
         """Project a real image (path, PIL image, uint8 array, or tensor [3, H, W] in [-1, 1]) into w+."""
         target, note = io.fit_to_resolution(io.image_to_tensor(image), self.generator.resolution)
         if note:
-            print(f"editgan-fast: embed: {note} to match the generator", file=sys.stderr)
+            log.warning("embed: %s to match the generator", note)  # the input was changed: say so even when quiet
         target = target[None].to(self.device)
         target01 = (target + 1) / 2
         g = self.generator
@@ -426,20 +428,30 @@ def _check_finite(label: str, finite: torch.Tensor, best: torch.Tensor, step: in
                             f"scales) are out of range for this generator", best=best.detach().clone(), step=step)
 
 
+def _tensor(value, what: str, dtype=None) -> torch.Tensor:
+    """torch.as_tensor(value), or an InputValueError naming `what` for a value no tensor can hold."""
+    try:
+        return torch.as_tensor(value, dtype=dtype)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        raise InputValueError(f"{what} must be a tensor or numbers, got {type(value).__name__}") from None
+
+
 def _frozen_copy(module):
     """The module in eval mode without gradients, leaving the caller's module as it was: a copy whose parameters
     are new Parameter objects over the same storage (no weight is duplicated) and whose buffers are shared until
     moved (`.to()` replaces a copy's tensors, never the original's)."""
     memo = {id(t): t for t in module.buffers()}
     memo.update({id(p): torch.nn.Parameter(p.detach(), requires_grad=False) for p in module.parameters()})
-    return copy.deepcopy(module, memo).eval()
+    frozen = copy.deepcopy(module, memo)
+    # eval() only when needed: switching modes lets a module rebuild derived state (the segmenter's views).
+    return frozen.eval() if any(m.training for m in frozen.modules()) else frozen
 
 
 def _scale_matrix(vectors: dict) -> tuple[torch.Tensor, bool]:
     """{vector: scale or [B] scales} -> ([B, K] float32, whether a batch was asked for)."""
     columns, lengths = [], set()
     for vector, scale in vectors.items():
-        s = torch.as_tensor(scale, dtype=torch.float32)
+        s = _tensor(scale, f"the scale of {getattr(vector, 'name', vector)!r}", torch.float32)
         if s.ndim > 1 or not torch.isfinite(s).all():
             raise ValueError(f"the scale of {getattr(vector, 'name', vector)!r} must be a finite number or a 1-D "
                              f"sequence of them")

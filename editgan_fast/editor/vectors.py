@@ -143,6 +143,8 @@ class VectorLibrary:
 
     def __init__(self, vectors=()):
         self._vectors: dict[str, EditVector] = {}
+        if not isinstance(vectors, (list, tuple, VectorLibrary)) and not hasattr(vectors, "__next__"):
+            raise InputValueError(f"a VectorLibrary is built from a list of EditVectors, got {type(vectors).__name__}")
         for v in vectors:
             self.add(v)
 

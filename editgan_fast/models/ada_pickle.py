@@ -64,7 +64,10 @@ def _inert_global(module, name):
 
 
 def _storage_from_bytes(data):
-    return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    try:
+        return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except Exception as e:  # torch raises many types (AssertionError among them) for a damaged storage
+        raise pickle.UnpicklingError(f"an embedded tensor storage is unreadable: {type(e).__name__}: {e}") from None
 
 
 _ALLOWED = {
@@ -158,8 +161,7 @@ def load_ada_generator(path):
             data = _RestrictedUnpickler(fh).load()
     except CheckpointError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            RuntimeError, MemoryError, RecursionError, UnicodeDecodeError) as e:
+    except Exception as e:  # unpickling hostile bytes can fail in any of a dozen exception types
         raise CheckpointError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("G_ema"), PersistentRecord):
         raise CheckpointError(f"{path}: expected a StyleGAN2-ADA pickle with a 'G_ema' network")
@@ -170,7 +172,7 @@ def load_ada_generator(path):
         sd = {k: (fresh[k] if v is None else v) for k, v in sd.items()}
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    except (KeyError, TypeError, AttributeError, IndexError, ValueError, RuntimeError) as e:
+    except Exception as e:  # any shape of the records' contents may be wrong in a damaged file
         raise CheckpointError(f"{path}: the StyleGAN2-ADA network is malformed: {type(e).__name__}: {e}") from None
     return generator_from_state_dict(sd, w_avg, source=str(path), conv_clamp=conv_clamp)
 

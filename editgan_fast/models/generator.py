@@ -95,7 +95,7 @@ class _FrozenWeightCache:
         return w, w.square().sum(dim=[2, 3])
 
     def __deepcopy__(self, memo):
-        # Derived from the weight: a copied module recomputes it instead of duplicating it.
+        # Derived state: the copied module rebuilds it for its own weight (ModulatedConv2d.__setstate__).
         return _FrozenWeightCache()
 
 

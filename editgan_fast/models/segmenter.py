@@ -23,7 +23,8 @@ import torch
 
 from ..ops.seg_head import MODES, PixelMLP, crop_box, seg_head, upsample_feature
 from ..errors import InputValueError
-from .checks import check_classifier
+from ..io import atomic_write
+from .checks import check_classifier, torch_load
 from .errors import CheckpointError
 
 _LINEAR = (0, 3, 6)   # indices of the Linear layers in `layers`
@@ -71,7 +72,7 @@ class PixelClassifier(torch.nn.Module):
         lin = [self.layers[i] for i in _LINEAR]
         bns = [self.layers[i] for i in _BATCHNORM]
         if bns[0].eps != bns[1].eps:
-            raise ValueError(f"the seg_head op needs one BatchNorm eps per classifier, got {bns[0].eps} and "
+            raise InputValueError(f"the seg_head op needs one BatchNorm eps per classifier, got {bns[0].eps} and "
                              f"{bns[1].eps}")
         return PixelMLP(weights=tuple(view(m.weight) for m in lin), biases=tuple(view(m.bias) for m in lin),
                         bn_mean=tuple(view(b.running_mean) for b in bns), bn_var=tuple(view(b.running_var) for b in bns),
@@ -105,6 +106,33 @@ def _as_classifier(m) -> PixelClassifier:
     raise InputValueError(f"a segmenter member must be a PixelClassifier or a PixelMLP, got {type(m).__name__}")
 
 
+class _Views:
+    """The classifiers' PixelMLP views and the tensors they were made from. A deep copy keeps these same views
+    when its tensors share the storage (the editor's frozen copies), so that editors over one segmenter share
+    the backends' packed weights (cached by the views' identity); any other copy, or a pickle, rebuilds its own
+    instead of duplicating the weights."""
+
+    def __init__(self, classifiers: torch.nn.Module):
+        self.members = [c.pixel_mlp() for c in classifiers]
+        self.sources = [*classifiers.parameters(), *classifiers.buffers()]
+
+    def __deepcopy__(self, memo):
+        copies = [memo.get(id(t)) for t in self.sources]  # the module's tensors are copied before this
+        shared = all(c is not None and c.data_ptr() == t.data_ptr() for c, t in zip(copies, self.sources))
+        return self if shared else None
+
+    def __reduce__(self):
+        return (_no_views, ())
+
+
+def _no_views():
+    return None
+
+
+def _refresh_after_load(segmenter, incompatible_keys):
+    segmenter._refresh_views()  # a module-level function, so that a Segmenter pickles
+
+
 class Segmenter(torch.nn.Module):
     """Ensemble of EditGAN pixel classifiers (registered submodules `classifiers.{i}.layers.*`).
 
@@ -135,8 +163,8 @@ class Segmenter(torch.nn.Module):
                 raise ValueError(f"crop must be (y0, y1, x0, x1) inside the output size {h}x{w}, got {crop}")
         self.crop = crop
         self.mode = mode
-        self._members = None
-        self.register_load_state_dict_post_hook(lambda module, _: module._forget_members())
+        self._views = None
+        self.register_load_state_dict_post_hook(_refresh_after_load)
         self.eval()  # classifiers arrive trained (files, PixelMLPs): inference is the default
 
     @property
@@ -146,13 +174,13 @@ class Segmenter(torch.nn.Module):
             # Views made inside a graph are new tensors every call, which the backends' packed-weight caches
             # (keyed by identity) would miss; the parameters and buffers themselves are the same each call.
             return [c.pixel_mlp(detach=False) for c in self.classifiers]
-        if self._members is None:
-            self._members = [c.pixel_mlp() for c in self.classifiers]
-        return self._members
+        if self._views is None:  # a copy with storage of its own
+            self._refresh_views()
+        return self._views.members
 
-    def _forget_members(self):
+    def _refresh_views(self):
         # New view objects: the backends' packed-weight caches are keyed by the members' identity.
-        self._members = None
+        self._views = _Views(self.classifiers)
 
     @property
     def num_classes(self) -> int:
@@ -190,9 +218,9 @@ class Segmenter(torch.nn.Module):
         y0, y1, x0, x1 = crop_box(self.out_size, self.crop)
         stack = torch.cat([upsample_feature(f, self.out_size, mode)[:, :, y0:y1, x0:x1] for f in features], 1)
         pixels = stack.permute(0, 2, 3, 1)                      # [N, h, w, D]
-        if region is not None:  # a bool mask or flat pixel indices (see ops.seg_head)
+        if region is not None:  # a bool mask [h, w] or flat row-major pixel indices, as seg_head takes it
             region = region.to(stack.device)
-            pixels = pixels[:, region] if region.dtype == torch.bool else pixels.flatten(1, 2)[:, region]
+            pixels = pixels[:, region] if region.dtype == torch.bool else pixels.flatten(1, 2)[:, region]  # [N,P,D]
         flat = pixels.reshape(-1, dim)
         logits = sum(c(flat) for c in self.classifiers) / len(self.classifiers)
         return logits.reshape(*pixels.shape[:-1], self.num_classes).movedim(-1, 1)
@@ -203,16 +231,14 @@ class Segmenter(torch.nn.Module):
             return self.logits(features).argmax(1)
 
     def _apply(self, fn, recurse=True):
-        self._forget_members()
-        return super()._apply(fn, recurse)
+        module = super()._apply(fn, recurse)
+        self._refresh_views()
+        return module
 
     def train(self, mode: bool = True):
-        self._forget_members()
-        return super().train(mode)
-
-    def __getstate__(self):
-        # The views are derived state: a copy or a pickle rebuilds them instead of duplicating the weights.
-        return {**super().__getstate__(), "_members": None}
+        module = super().train(mode)
+        self._refresh_views()
+        return module
 
     def save(self, directory, name="model_{}.pth") -> list[Path]:
         """Write every member in EditGAN's format as directory/name.format(i); returns the paths."""
@@ -236,17 +262,12 @@ def save_classifier(m, path, data_parallel: bool = True) -> None:
     if eps != {_BN_EPS}:
         raise ValueError(f"EditGAN's format cannot record BatchNorm eps={sorted(eps)} (it is always {_BN_EPS})")
     prefix = "module." if data_parallel else ""
-    torch.save({"model_state_dict": {prefix + k: v for k, v in classifier_state_dict(m).items()}}, path)
+    with atomic_write(path) as f:
+        torch.save({"model_state_dict": {prefix + k: v for k, v in classifier_state_dict(m).items()}}, f)
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise CheckpointError(f"classifier file {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for non-torch or unsafe files
-        raise CheckpointError(f"classifier file {path} is not a PyTorch checkpoint that loads with "
-                              f"weights_only=True: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+    obj = torch_load(path, "classifier file")
     if isinstance(obj, dict) and "model_state_dict" in obj:
         obj = obj["model_state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)

@@ -29,6 +29,8 @@ def unavailable_reason():
 
 OPS = {}
 if _native_error() is None:
+    from . import _cpu_isa
+    _cpu_isa.apply_environment()  # EDITGAN_FAST_CPU_ISA / EDITGAN_FAST_BF16_PRODUCTS; a bad value is an error here
     for _name in _GROUPS:
         try:
             _module = importlib.import_module(f"editgan_fast.ops.{_name}")

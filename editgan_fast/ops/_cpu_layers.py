@@ -22,9 +22,13 @@ element-wise step in one native pass (csrc/cpu/epilogue.cpp):
 Gradients flow to the input and the styles (autograd through the convolutions, the native epilogue backward);
 weights, biases and filters are frozen and get none.
 
-The bf16 mode (backend dtype torch.bfloat16) stores layer outputs in bf16 and accumulates in fp32. Products run
-in bf16 only on CPUs with native bf16 support (oneDNN reports it); elsewhere (AVX2 machines, where oneDNN's bf16
-convolution is ~500x slower than fp32) they run in fp32 and only storage is bf16.
+The bf16 mode (backend dtype torch.bfloat16) stores layer outputs in bf16 and accumulates in fp32. Its products
+(the convolutions) run as the switch EDITGAN_FAST_BF16_PRODUCTS says (ops/_cpu_isa.py; by default: in bf16 on
+CPUs where oneDNN has native bf16, in fp32 on bf16-stored values elsewhere, e.g. AVX2 machines, where oneDNN's
+bf16 convolution is ~500x slower than fp32). With bf16 products the boundary to fp32 is the convolution's output:
+oneDNN returns bf16, the blur (fir_separable) reads bf16 and writes fp32, and the epilogue, ToRGB's skip and the
+gradients' element-wise steps work in fp32; the layer stores its result in bf16. The Winograd kernels stay fp32
+(oneDNN's bf16 convolution is the bf16 product path).
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import backend
+from ._cpu_isa import native_bf16_products
 from .bias_act import _defaults
 from .modulated_conv2d import skip_padding, up_blur_padding
 from .upfirdn2d import parse_padding
@@ -46,11 +51,6 @@ _ACT = {"linear": 0, "lrelu": 1}
 
 def _native():
     return torch.ops.editgan_fast
-
-
-@functools.cache
-def native_bf16() -> bool:
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 class _Epilogue(torch.autograd.Function):
@@ -89,12 +89,13 @@ def _epilogue(y, d=None, noise=None, bias=None, residual=None, act="linear", alp
 
 
 class SeparableFir(torch.autograd.Function):
-    """Native separable FIR with zero padding (csrc/cpu/fir.cpp); its adjoint is itself, taps reversed."""
+    """Native separable FIR with zero padding (csrc/cpu/fir.cpp); its adjoint is itself, taps reversed.
+    A bf16 x gives a float32 result (taps float32); its gradient is returned in bf16."""
 
     @staticmethod
     def forward(ctx, x, taps, pad0, pad1):
         ctx.save_for_backward(taps)
-        ctx.pads = (pad0, pad1)
+        ctx.pads, ctx.x_dtype = (pad0, pad1), x.dtype
         return _native().fir_separable(x, taps, pad0, pad1)
 
     @staticmethod
@@ -102,7 +103,8 @@ class SeparableFir(torch.autograd.Function):
         (taps,) = ctx.saved_tensors
         n = taps.shape[0]
         pad0, pad1 = ctx.pads
-        return SeparableFir.apply(grad.contiguous(), taps.flip(0), n - 1 - pad0, n - 1 - pad1), None, None, None
+        grad_x = SeparableFir.apply(grad.to(taps.dtype).contiguous(), taps.flip(0), n - 1 - pad0, n - 1 - pad1)
+        return grad_x.to(ctx.x_dtype), None, None, None
 
 
 @functools.lru_cache(maxsize=64)
@@ -142,6 +144,9 @@ def _skip_upsample_filter(taps, channels, dtype):
     return (torch.outer(f, f) * 4).to(dtype).expand(channels, 1, len(taps), len(taps)).contiguous()
 
 
+# A frozen weight in the compute dtype (bf16 products, or a bf16 generator computing in fp32): one converted tensor
+# per weight, so the caches below keyed by identity keep hitting.
+_in_dtype = _PerWeightCache(lambda w, dtype: w.to(dtype))
 _transposed = _PerWeightCache(lambda w: w.transpose(0, 1).contiguous())  # [Cin, Cout, k, k] for conv_transpose
 _sum_squares = _PerWeightCache(lambda w: w.square().sum(dim=[2, 3]))
 
@@ -288,9 +293,9 @@ def modulated_conv2d_cpu(x, weight, styles, demodulate=True, up=1, resample_filt
     k = weight.shape[-1]
     taps = None if resample_filter is None else tuple(resample_filter.tolist())
     store = _storage_dtype(x)
-    bf16_products = store == torch.bfloat16 and native_bf16()
+    bf16_products = store == torch.bfloat16 and native_bf16_products()
     compute = torch.bfloat16 if bf16_products else (torch.float32 if x.dtype == torch.bfloat16 else x.dtype)
-    w = weight if weight.dtype == compute else weight.detach().to(compute)
+    w = weight if weight.dtype == compute else _in_dtype.get(weight, compute)
     xc, sc = x.to(compute), styles.to(compute)
     y_dtype = torch.float32 if compute == torch.bfloat16 else compute
     d = None
@@ -300,8 +305,7 @@ def modulated_conv2d_cpu(x, weight, styles, demodulate=True, up=1, resample_filt
     # Without gradients (generation, apply) the epilogue runs inside the kernel that writes the layer's output
     # ([N, Cout, H * up, W * up]), on each row while it is in cache: one pass less over the largest tensors.
     fused = None
-    if skip is None and compute == y_dtype and not (
-            torch.is_grad_enabled() and (x.requires_grad or styles.requires_grad)):
+    if skip is None and not (torch.is_grad_enabled() and (x.requires_grad or styles.requires_grad)):
         fused = _epilogue_args((x.shape[0], w.shape[0], x.shape[2] * up, x.shape[3] * up), y_dtype, d, noise,
                                bias, act, alpha, gain, clamp)
     out = None
@@ -315,7 +319,7 @@ def modulated_conv2d_cpu(x, weight, styles, demodulate=True, up=1, resample_filt
         # 4x fewer products than the equivalent 3x3 conv per output phase at low resolution (36 taps per pixel).
         p0, p1 = up_blur_padding(k, len(taps))
         t = _conv_transpose_up2(xc, sc, w)
-        blur = _blur_taps(taps, t.dtype)
+        blur = _blur_taps(taps, y_dtype)  # a bf16 t is read as bf16, filtered in fp32
         if fused:
             out = _native().fir_separable(t, blur, p0, p1, *fused)
         else:

@@ -14,17 +14,20 @@ Plan, per call (see the C++ file for the per-tile work):
    ~300 MiB peak extra measured, ~830 MiB in one piece, ~14 GB for the reference's stack).
 Weights are frozen: only gradients w.r.t. the feature maps are computed.
 
-bf16 mode (`use_backend("cpu", dtype=torch.bfloat16)`): the projections are stored in bf16 and everything is
-computed in fp32, because this machine's CPUs have no AVX512-BF16 (torch.backends.cpu.get_cpu_capability()
-is "AVX2") and torch's bf16 GEMMs run at ~0.3 GFLOP/s here. It halves the projections' memory and the gather
-traffic. Measured error, EditGAN car configuration (random members, bench/cases_seg.py): max |bf16 - fp32|
-= 1.8e-3 of the largest logit; the tests bound it by 2e-2 against the float64 reference.
+bf16 mode (`use_backend("cpu", dtype=torch.bfloat16)`): the projections are stored in bf16 (half the memory and
+gather traffic); the tiles' arithmetic is fp32. The projections' products run as EDITGAN_FAST_BF16_PRODUCTS says
+(ops/_cpu_isa.py): natively in bf16 (oneDNN, fp32 accumulation, one rounding of the sum over the group's maps),
+and so do the per-tile products of the second layer (the kernel's bf16_products), where the CPU has native
+bf16; else in fp32 (oneDNN emulates bf16 GEMMs on AVX2 at ~0.3 GFLOP/s). Measured error,
+EditGAN car configuration (random members, bench/cases_seg.py, fp32 products): max |bf16 - fp32| = 1.8e-3 of the
+largest logit; the tests bound it by 2e-2 against the float64 reference.
 """
 from __future__ import annotations
 
 import torch
 
 from .. import backend
+from ._cpu_isa import native_bf16_products
 from .seg_head import crop_box
 
 _MODE = {"bilinear": 0, "nearest": 1}
@@ -134,6 +137,8 @@ def _project(features, g, stack, dtype, storage):
     rows, cols, eh1 = r1 - r0, c1 - c0, stack.w1.shape[0]
     n = features[0].shape[0]
     out = torch.empty((n, rows, cols, eh1), dtype=storage)
+    if storage == torch.bfloat16 and native_bf16_products():
+        return _project_bf16(features, g, stack, out)
     weights = [stack.w1[:, s].t() for s in g.col_slices]  # [C_m, E*H1] views
     step = max(1, _PROJECTION_CHUNK_BYTES // (cols * eh1 * 4))
     for b in range(n):
@@ -149,6 +154,21 @@ def _project(features, g, stack, dtype, storage):
                     acc.addmm_(x, w)
             if acc is not dest:
                 dest.copy_(acc)
+    return out
+
+
+def _project_bf16(features, g, stack, out):
+    """The projections as bf16 products with fp32 accumulation (oneDNN): the group's maps stacked along the
+    channels, one GEMM per image and band of rows written straight into the bf16 result."""
+    r0, r1, c0, c1 = g.window
+    rows, cols, eh1 = out.shape[1:]
+    weight = _group_weight(stack, g).to(torch.bfloat16).t()  # [C_g, E*H1]
+    step = max(1, _PROJECTION_CHUNK_BYTES // (cols * g.channels * 2))
+    for b in range(out.shape[0]):
+        for r in range(0, rows, step):
+            k = min(step, rows - r)
+            x = torch.cat([features[i][b, :, r0 + r:r0 + r + k, c0:c1].to(torch.bfloat16) for i in g.maps])
+            torch.mm(x.reshape(g.channels, k * cols).t(), weight, out=out[b, r:r + k].view(k * cols, eh1))
     return out
 
 
@@ -168,7 +188,8 @@ class _SegHeadFunction(torch.autograd.Function):
             else:
                 sources.append(_project(features, g, stack, dtype, storage))
                 direct.append(torch.empty(0, dtype=dtype))
-        args = _kernel_args(groups, sources, direct, ys, xs, out_size, mode, stack)
+        bf16_products = storage == torch.bfloat16 and native_bf16_products()
+        args = _kernel_args(groups, sources, direct, ys, xs, out_size, mode, stack, bf16_products)
         ctx.plan, ctx.args = plan, args
         ctx.shapes, ctx.dtypes = [f.shape for f in features], [f.dtype for f in features]
         return _ops().seg_head_forward(*args)
@@ -204,11 +225,11 @@ def _starts(col_slices):
     return out
 
 
-def _kernel_args(groups, sources, direct, ys, xs, out_size, mode, stack):
+def _kernel_args(groups, sources, direct, ys, xs, out_size, mode, stack, bf16_products):
     sizes = [v for g in groups for v in g.size]
     offsets = [v for g in groups for v in (g.window[0], g.window[2])]
     return (sources, direct, sizes, offsets, ys, xs, out_size[0], out_size[1], _MODE[mode], *stack.mlp_tail(),
-            TILE_PIXELS)
+            TILE_PIXELS, bf16_products)
 
 
 def _bands(features, out_size, mode, ys, xs, eh1, storage):

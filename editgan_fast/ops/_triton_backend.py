@@ -6,7 +6,7 @@ a machine without a GPU) it also accepts CPU tensors. The storage dtype is the b
 (modulated conv, segmentation members) are frozen: no gradient is returned for them.
 
 Sync-free: everything derived from frozen tensors or from shapes (packed conv weights, filter kernels, packed
-members, the seg head's map table, a region's pixel list) is built once and cached (`_DerivedCache`), so a
+members, the seg head's band plan and table, a region's pixel list) is built once and cached (`_DerivedCache`), so a
 warm `apply` or refinement step makes no device->host copy (.item, .tolist, nonzero, .cpu) and can be captured
 in a CUDA graph; tests/test_triton_sync_free.py checks that.
 """
@@ -220,8 +220,8 @@ if unavailable_reason() is None:
 
     # ---------------------------------------------------------------- seg_head
     _packed_members = _DerivedCache()  # every member tensor -> the folded, padded ensemble
-    _region_pixels = _DerivedCache()   # (region,) -> its pixels' int32 indices (nonzero: a sync, once per mask)
-    _layouts = {}                      # (feature shapes, device) -> the projection buffer's map table
+    _regions = _DerivedCache()         # (region,) -> its pixels' int32 indices and per-row counts (one sync)
+    _plans = {}                        # (feature shapes, output box, mode, width, budget, device) -> _sh.Plan
 
     def _members(members, dtype, device):
         tensors = tuple(t for m in members for field in (m.weights, m.biases, m.bn_mean, m.bn_var, m.bn_weight,
@@ -229,43 +229,81 @@ if unavailable_reason() is None:
         return _packed_members.get(tensors, (dtype, device, tuple(m.bn_eps for m in members)),
                                    lambda: _sh.pack_members(members, dtype))
 
-    def _layout(features):
-        key = (tuple(tuple(f.shape) for f in features), features[0].device)
-        if key not in _layouts:
-            _layouts[key] = _sh.map_layout(key[0], key[1])
-        return _layouts[key]
+    def _plan(features, out_size, box, mode, nout):
+        shapes = tuple(tuple(f.shape) for f in features)
+        key = (shapes, out_size, box, mode, nout, _sh.budget_bytes(), features[0].device)
+        if key not in _plans:
+            _plans[key] = _sh.Plan(shapes, out_size, box, mode, nout, key[5], key[6])
+        return _plans[key]
 
-    def _pixels(region):
-        return _region_pixels.get((region,), (), lambda: region.reshape(-1).nonzero().reshape(-1).to(torch.int32))
+    def _region(region):
+        """(pixel indices [P] int32 in row-major order, first pixel of each crop row [h + 1] as host ints)."""
+        def build():
+            starts = [0]
+            for count in region.sum(1).tolist():
+                starts.append(starts[-1] + count)
+            return region.reshape(-1).nonzero().reshape(-1).to(torch.int32), starts
+        return _regions.get((region,), (), build)
+
+    def _band_pixels(plan, band, box, region_starts):
+        """(first pixel, count) of a band: in the region's list, or crop indices."""
+        oy0, oy1 = plan.bands[band][:2]
+        r0, r1 = oy0 - box[0], oy1 - box[0]
+        if region_starts is None:
+            width = box[3] - box[2]
+            return r0 * width, (r1 - r0) * width
+        return region_starts[r0], region_starts[r1] - region_starts[r0]
 
     class _SegHead(torch.autograd.Function):
+        """Band by band (kernels/seg_head.py): project the band's source rows, run the head on its pixels. The
+        backward recomputes each band's projection (one band buffer, within the budget, at any size)."""
+
         @staticmethod
-        def forward(ctx, members, out_size, box, mode, pixels, *features):
+        def forward(ctx, members, out_size, box, mode, region, *features):
             dtype = _storage(features[0])
+            n = features[0].shape[0]
             packed = _members(members, dtype, features[0].device)
-            layout = _layout(features)
-            proj = _sh.project(features, packed, layout, _dot_fp32(dtype), dtype)
-            out = _sh.head(proj, layout[2], packed, out_size, box, mode, pixels, features[0].shape[0],
-                           dtype, _dot_fp32(dtype))
-            ctx.save_for_backward(proj, pixels, *features)
-            ctx.args = (packed, layout, out_size, box, mode)
+            plan = _plan(features, out_size, box, mode, packed["w1"].shape[0])
+            pixels, starts = _region(region) if region is not None else (None, None)
+            total = (box[1] - box[0]) * (box[3] - box[2]) if region is None else starts[-1]
+            out = torch.empty(n, packed["classes"], total, dtype=dtype, device=features[0].device)
+            buf = torch.empty(plan.max_rows, packed["w1"].shape[0], dtype=dtype, device=features[0].device)
+            fs = [f.to(dtype).contiguous() for f in features]
+            for band in range(len(plan.bands)):
+                pix0, count = _band_pixels(plan, band, box, starts)
+                if count:
+                    _sh.project_band(fs, packed, plan, band, buf, _dot_fp32(dtype))
+                    _sh.head(buf, plan, band, packed, out_size, box, mode, pixels, pix0, count, total, n, out=out,
+                             dot_fp32=_dot_fp32(dtype))
+            ctx.save_for_backward(pixels, *fs)
+            ctx.args = (packed, plan, out_size, box, mode, starts, [f.dtype for f in features])
             return out
 
         @staticmethod
         def backward(ctx, g):
-            proj, pixels, *features = ctx.saved_tensors
-            packed, layout, out_size, box, mode = ctx.args
-            gproj = _sh.head(proj, layout[2], packed, out_size, box, mode, pixels, g.shape[0], None,
-                             _dot_fp32(proj.dtype), grad_logits=g.float().contiguous())
-            grads = _sh.feature_grads(gproj, layout, packed, features, _dot_fp32(proj.dtype))
-            return (None, None, None, None, None, *grads)
+            pixels, *fs = ctx.saved_tensors
+            packed, plan, out_size, box, mode, starts, dtypes = ctx.args
+            g = g.float().contiguous()
+            nout = packed["w1"].shape[0]
+            buf = torch.empty(plan.max_rows, nout, dtype=fs[0].dtype, device=g.device)
+            gbuf = torch.empty(plan.max_rows, nout, dtype=torch.float32, device=g.device)
+            grads = [torch.zeros(f.shape, dtype=torch.float32, device=g.device) for f in fs]
+            dot_fp32 = _dot_fp32(fs[0].dtype)
+            for band in range(len(plan.bands)):
+                pix0, count = _band_pixels(plan, band, box, starts)
+                if count:
+                    _sh.project_band(fs, packed, plan, band, buf, dot_fp32)
+                    gbuf[:plan.bands[band][2]].zero_()
+                    _sh.head(buf, plan, band, packed, out_size, box, mode, pixels, pix0, count, g.shape[2],
+                             g.shape[0], gproj=gbuf, grad_logits=g, dot_fp32=dot_fp32)
+                    _sh.feature_grads_band(gbuf, plan, band, packed, grads, dot_fp32)
+            return (None, None, None, None, None, *(gr.to(dt) for gr, dt in zip(grads, dtypes)))
 
     def seg_head(features, members, out_size, crop=None, mode="bilinear", region=None):
         from .seg_head import crop_box
         out_size = (out_size, out_size) if isinstance(out_size, int) else tuple(out_size)
         box = crop_box(out_size, crop)
-        pixels = None if region is None else _pixels(region)
-        out = _SegHead.apply(members, out_size, box, mode, pixels, *features)
+        out = _SegHead.apply(members, out_size, box, mode, region, *features)
         if region is None:
             out = out.reshape(out.shape[0], out.shape[1], box[1] - box[0], box[3] - box[2])
         return out

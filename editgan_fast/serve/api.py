@@ -56,7 +56,7 @@ def _int_list(text: Optional[str], what: str) -> list[int]:
 
 
 def build_router(service) -> APIRouter:
-    """The API's routes over `service` (an app.Service)."""
+    """The API's routes over `service` (a service.Service)."""
     editor, limits, sessions, library, jobs, renderer = (service.editor, service.limits, service.sessions,
                                                          service.library, service.jobs, service.renderer)
     router = APIRouter(prefix="/api/v1")
@@ -233,7 +233,8 @@ def build_router(service) -> APIRouter:
     def list_vectors():
         return {"vectors": [library.describe(library.get(n)) for n in library.names()]}
 
-    @router.post("/vectors", summary="upload vectors: our .npz (one or many) or EditGAN's .npy (give classes)")
+    @router.post("/vectors", summary="upload vectors: ours (.npz, .safetensors; one or many) or EditGAN's .npy "
+                                               "(give classes)")
     def upload_vector(file: UploadFile = File(...), name: Optional[str] = Form(None),
                       classes: Optional[str] = Form(None, description="comma-separated class ids (.npy)")):
         stored = library.upload(file.filename or "", file.file.read(), name=name,

@@ -31,7 +31,7 @@ def create_app(editor, library_dir="editgan-vectors", limits: Limits | None = No
     page's brushes."""
     limits = limits or Limits()
     service = Service(editor, limits, SessionStore(limits.max_sessions), VectorStore(library_dir, editor, limits),
-                      JobManager(limits.max_jobs, preview_every),
+                      JobManager(limits.max_jobs, limits.max_queued_jobs, preview_every),
                       renderer or BatchingRenderer(editor, max_batch=limits.max_batch),
                       list(class_names) if class_names else None)
 

@@ -1,5 +1,6 @@
 """The service's one mapping of the package's errors to HTTP: a status and a JSON body {"error", "message"},
-never a traceback. Errors the service itself raises (NotFound, Conflict) join the package's hierarchy here."""
+never a traceback. Errors the service itself raises (NotFound, Conflict, Busy) join the package's hierarchy
+here."""
 from __future__ import annotations
 
 import json
@@ -27,8 +28,12 @@ class Conflict(EditGANFastError, ValueError):
     """The request clashes with the server's state (a vector name already taken, a job already finished)."""
 
 
+class Busy(EditGANFastError):
+    """The server has as much work queued as it accepts (jobs); the client may retry later."""
+
+
 # Most specific first: NonFiniteLoss is an InputValueError, the vector errors are FileFormat/Mismatch errors.
-STATUS = ((NotFound, 404), (Conflict, 409), (LimitExceeded, 413), (MismatchError, 409), (FileFormatError, 422),
+STATUS = ((NotFound, 404), (Conflict, 409), (Busy, 429), (LimitExceeded, 413), (MismatchError, 409), (FileFormatError, 422),
           (InputValueError, 422), (BackendUnavailable, 503), (ValueError, 422))
 
 
@@ -49,11 +54,18 @@ def json_error_body(kind: str, message: str) -> bytes:
     return json.dumps({"error": kind, "message": message}).encode()
 
 
-def error_response(error: BaseException) -> JSONResponse:
+def error_fields(error: BaseException) -> dict:
+    """{"error", "message", "status"} of an error (for a websocket message or a job); an unexpected one is
+    logged with its traceback on the server and reported without it."""
     status = status_of(error)
     if status == 500:
         log.error("unexpected error", exc_info=error)
-    return JSONResponse({"error": type(error).__name__, "message": message_of(error)}, status_code=status)
+    return {"error": type(error).__name__, "message": message_of(error), "status": status}
+
+
+def error_response(error: BaseException) -> JSONResponse:
+    fields = error_fields(error)
+    return JSONResponse({"error": fields["error"], "message": fields["message"]}, status_code=fields["status"])
 
 
 def install(app) -> None:

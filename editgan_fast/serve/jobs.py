@@ -13,7 +13,7 @@ from typing import Callable
 
 from ..errors import EditGANFastError
 from . import codec
-from .errormap import Conflict, NotFound, message_of, status_of
+from .errormap import Busy, Conflict, NotFound, error_fields
 
 MAX_EVENTS = 2000  # events kept per job (a preview is only in every preview_every-th)
 
@@ -47,8 +47,8 @@ class Job:
 
 
 class JobManager:
-    def __init__(self, max_jobs: int, preview_every: int = 5):
-        self.max_jobs, self.preview_every = max_jobs, preview_every
+    def __init__(self, max_jobs: int, max_queued: int, preview_every: int = 5):
+        self.max_jobs, self.max_queued, self.preview_every = max_jobs, max_queued, preview_every
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="jobs")
@@ -58,6 +58,9 @@ class JobManager:
         is an Editor step callback (step, terms, image) that records events and honours cancellation."""
         job = Job(secrets.token_hex(8), kind, steps)
         with self._lock:
+            if sum(not j.finished for j in self._jobs.values()) >= self.max_queued:
+                raise Busy(f"{self.max_queued} jobs are queued or running (max_queued_jobs); retry when one "
+                           f"has finished")
             self._jobs[job.id] = job
             self._evict()
         self._executor.submit(self._run, job, work)
@@ -90,7 +93,7 @@ class JobManager:
         except JobCancelled:
             job.state = "cancelled"
         except Exception as error:  # reported through the job, mapped as the API maps errors
-            job.error = {"error": type(error).__name__, "message": message_of(error), "status": status_of(error)}
+            job.error = error_fields(error)
             job.state = "failed"
 
     def get(self, job_id: str) -> Job:

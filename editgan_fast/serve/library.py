@@ -1,11 +1,10 @@
 """The vector library on disk: one `.npz` per vector (our format, written atomically) in a directory, loaded
-at start. Uploads are our `.npz` (one or many vectors) or EditGAN's `.npy`; every vector is checked against
+at start. Uploads are our `.npz` or `.safetensors` (one or many vectors) or EditGAN's `.npy`; every vector is checked against
 the served generator and every name against the library before anything is written, so a bad upload stores
 nothing."""
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import tempfile
 import threading
@@ -92,23 +91,15 @@ class VectorStore:
         return vectors
 
     def _write(self, vector: EditVector) -> None:
-        """Write beside the final name, then rename: the library never holds a half-written file."""
-        fd, tmp = tempfile.mkstemp(prefix=f".{vector.name}.", suffix=".npz", dir=self.directory)
-        os.close(fd)
-        try:
-            VectorLibrary([vector]).save(tmp)
-            os.replace(tmp, self._path(vector.name))
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        VectorLibrary([vector]).save(self._path(vector.name))  # atomic: never a half-written file
 
     def upload(self, filename: str, data: bytes, name: str | None = None, classes=()) -> list[EditVector]:
-        """Parse an uploaded vector file (`.npz` ours, `.npy` EditGAN's) and store its vectors."""
+        """Parse an uploaded vector file (ours: `.npz` or `.safetensors`; EditGAN's `.npy`) and store its
+        vectors."""
         suffix = Path(filename or "").suffix.lower()
-        if suffix not in (".npz", ".npy"):
-            raise FileFormatError(f"vector uploads are .npz (editgan-fast) or .npy (EditGAN) files, got "
-                                  f"{filename!r}")
+        if suffix not in (".npz", ".safetensors", ".npy"):
+            raise FileFormatError(f"vector uploads are .npz or .safetensors (editgan-fast) or .npy (EditGAN) "
+                                  f"files, got {filename!r}")
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"upload{suffix}"
             path.write_bytes(data)

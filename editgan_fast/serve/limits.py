@@ -15,6 +15,7 @@ class Limits:
     max_steps: int = 1000                   # optimization steps of one job
     max_sessions: int = 64                  # sessions kept (least recently used evicted first)
     max_jobs: int = 64                      # jobs kept (finished ones evicted first)
+    max_queued_jobs: int = 8                # jobs queued or running at once (more: 429, try later)
     max_library_vectors: int = 256          # vectors in the on-disk library
     max_ws_message_bytes: int = 64 << 10    # one websocket message from a client
     max_batch: int = 16                     # rows the renderer synthesizes at once

@@ -20,6 +20,8 @@ RECEIVE_TIMEOUT_S = 120.0
 class ClientRun:
     latencies_s: list = field(default_factory=list)
     batch_rows: list = field(default_factory=list)
+    synthesis_ms: list = field(default_factory=list)   # the server's synthesis of the frame's batch
+    server_ms: list = field(default_factory=list)      # the server's time from receiving to sending
     last_frame: dict | None = None
     last_scale: float | None = None
 
@@ -45,6 +47,15 @@ class LoadResult:
     def percentile_ms(self, q: float) -> float:
         values = sorted(self.latencies_s)
         return 1e3 * values[min(len(values) - 1, math.ceil(q / 100 * len(values)) - 1)] if values else math.nan
+
+    def median_ms(self, what: str) -> float:
+        """Median over all frames of a per-frame server figure: "synthesis_ms", "server_ms", or "overhead_ms"
+        (server_ms - synthesis_ms: waiting, encoding and handing over, the part the service adds)."""
+        if what == "overhead_ms":
+            values = [a - b for r in self.runs for a, b in zip(r.server_ms, r.synthesis_ms)]
+        else:
+            values = [v for r in self.runs for v in getattr(r, what)]
+        return statistics.median(values) if values else math.nan
 
     @property
     def max_batch_rows(self) -> int:
@@ -82,6 +93,8 @@ async def _client(ws_url: str, vector: str, client: int, deadline: float, labels
                     break
             run.latencies_s.append(time.perf_counter() - sent)
             run.batch_rows.append(frame["batch_rows"])
+            run.synthesis_ms.append(frame["synthesis_ms"])
+            run.server_ms.append(frame["server_ms"])
             run.last_frame, run.last_scale = frame, scale
     return run
 

@@ -20,7 +20,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 def serving(app, host: str = "127.0.0.1", start_timeout: float = 30.0):
     """Run `app` until the block ends; yields its base URL (http://host:port)."""
     port = free_port(host)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", ws="websockets-sansio"))
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", ws="websockets-sansio",
+                                           ws_max_size=app.state.service.limits.max_ws_message_bytes))
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + start_timeout

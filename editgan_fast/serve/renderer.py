@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from ..editor import Result
 from ..errors import EditGANFastError
+from . import codec
 
 
 class Superseded(EditGANFastError):
@@ -26,10 +27,12 @@ class Superseded(EditGANFastError):
 @dataclass
 class Frame:
     """One request's result (rows of a batch of scales stay stacked, as `Editor.apply` returns them), the
-    number of rows in the synthesis that produced it, and that synthesis's duration."""
+    number of rows in the synthesis that produced it, that synthesis's duration, and, when asked for, the
+    result as base64 PNG fields (codec.frame), made in the render thread: no further thread hand-over."""
     result: Result
     batch_rows: int
     synthesis_s: float
+    encoded: dict | None = None
 
 
 @dataclass
@@ -39,6 +42,7 @@ class _Request:
     rows: int
     batched: bool
     labels: bool
+    encode: bool
     future: asyncio.Future
 
 
@@ -78,9 +82,9 @@ class BatchingRenderer:
         return {"batches": self.batches, "frames": self.frames, "superseded": self.superseded,
                 "max_batch_rows": self.max_rows_seen, "pending": len(self._pending)}
 
-    async def render(self, key, latent, vectors: dict, labels: bool = True) -> Frame:
-        """The frame of `latent` edited by `vectors` (its label map too unless `labels` is False); raises
-        Superseded if a newer request for `key` came first."""
+    async def render(self, key, latent, vectors: dict, labels: bool = True, encode: bool = False) -> Frame:
+        """The frame of `latent` edited by `vectors` (its label map too unless `labels` is False; one row,
+        encoded as PNGs too if `encode`); raises Superseded if a newer request for `key` came first."""
         if self._worker is None:
             raise RuntimeError("the renderer is not started (await renderer.start() in the app's lifespan)")
         rows, batched = rows_of(vectors)
@@ -89,7 +93,7 @@ class BatchingRenderer:
         if old is not None and not old.future.done():
             old.future.set_exception(Superseded("a newer edit of this stream replaced this one"))
             self.superseded += 1
-        self._pending[key] = _Request(latent, vectors, rows, batched, labels, future)
+        self._pending[key] = _Request(latent, vectors, rows, batched, labels, encode, future)
         self._wakeup.set()
         return await future
 
@@ -143,7 +147,7 @@ class BatchingRenderer:
             offset += r.rows
             if not r.batched:
                 image, labels = image[0], None if labels is None else labels[0]
-            frame = Frame(Result(image, labels), rows, seconds)
+            frame = Frame(Result(image, labels), rows, seconds, codec.frame(image, labels) if r.encode else None)
             loop.call_soon_threadsafe(_settle, r.future, frame, None)
 
 

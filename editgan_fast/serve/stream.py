@@ -15,8 +15,7 @@ import time
 from fastapi import WebSocket, WebSocketDisconnect
 
 from ..errors import InputValueError
-from . import codec
-from .errormap import message_of, status_of
+from .errormap import error_fields
 from .renderer import Superseded
 
 CLOSE_NOT_FOUND = 4404
@@ -28,7 +27,7 @@ async def edit_stream(websocket: WebSocket, service, session_id: str) -> None:
     try:
         session = service.sessions.get(session_id)
     except KeyError as e:
-        await websocket.send_json({"error": "NotFound", "message": message_of(e)})
+        await websocket.send_json(error_fields(e))
         await websocket.close(CLOSE_NOT_FOUND)
         return
     latest: dict = {}
@@ -52,8 +51,7 @@ async def edit_stream(websocket: WebSocket, service, session_id: str) -> None:
                               received=time.perf_counter())
                 arrived.set()
             except (ValueError, KeyError) as e:  # JSON, scale and vector-name errors: answer, keep streaming
-                await websocket.send_json({"seq": seq, "error": type(e).__name__, "message": message_of(e),
-                                           "status": status_of(e)})
+                await websocket.send_json({"seq": seq, **error_fields(e)})
 
     async def render() -> None:
         while True:
@@ -62,15 +60,13 @@ async def edit_stream(websocket: WebSocket, service, session_id: str) -> None:
             request = dict(latest)
             try:
                 frame = await service.renderer.render(key, session.latent, request["vectors"],
-                                                      labels=request["labels"])
+                                                      labels=request["labels"], encode=True)
             except Superseded:
                 continue
             except Exception as e:
-                await websocket.send_json({"seq": request["seq"], "error": type(e).__name__,
-                                           "message": message_of(e), "status": status_of(e)})
+                await websocket.send_json({"seq": request["seq"], **error_fields(e)})
                 continue
-            fields = await asyncio.to_thread(codec.frame, frame.result.image, frame.result.labels)
-            await websocket.send_json({"seq": request["seq"], **fields, "batch_rows": frame.batch_rows,
+            await websocket.send_json({"seq": request["seq"], **frame.encoded, "batch_rows": frame.batch_rows,
                                        "synthesis_ms": round(frame.synthesis_s * 1e3, 3),
                                        "server_ms": round((time.perf_counter() - request["received"]) * 1e3, 3)})
 

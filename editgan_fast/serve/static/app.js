@@ -122,22 +122,29 @@ function setupPainting() {
   $("eraser").onclick = () => { state.erasing = !state.erasing; $("eraser").classList.toggle("active", state.erasing); };
 }
 
+const className = (c) => (state.info.class_names ? state.info.class_names[c] : `class ${c}`);
+
 function buildPalette() {
   const box = $("palette");
   box.innerHTML = "";
+  const name = document.createElement("small");
+  name.id = "brush-name";
   state.info.palette.forEach(([r, g, b], c) => {
     const swatch = document.createElement("div");
     swatch.className = "swatch" + (c === state.colour ? " active" : "");
     swatch.style.background = `rgb(${r},${g},${b})`;
-    swatch.title = `class ${c}` + (state.info.class_names ? `: ${state.info.class_names[c]}` : "");
+    swatch.title = `${c}: ${className(c)}`;
     swatch.dataset.cls = c;
     swatch.onclick = () => {
       state.colour = c; state.erasing = false;
       $("eraser").classList.remove("active");
       box.querySelectorAll(".swatch").forEach((s) => s.classList.toggle("active", Number(s.dataset.cls) === c));
+      name.textContent = className(c);
     };
     box.appendChild(swatch);
   });
+  name.textContent = className(state.colour);
+  box.appendChild(name);
 }
 
 // ------------------------------------------------------------------------------------------- session and stream

@@ -1,0 +1,124 @@
+"""`editgan-fast serve --ray`: the editing service's app (`create_app`, same API and page) deployed on Ray Serve.
+
+Each replica builds the editor once and serves the FastAPI app built on it; its renderer batches the apply
+requests of concurrent clients with Ray Serve's `@serve.batch` (up to `max_batch` requests, waiting at most
+`wait_s` for more) into one `Editor.apply_many`. Sessions and the vector library live in a replica, so more
+than one replica needs a router with session affinity; one replica (the default) serves any number of clients.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+from ray import serve
+
+from ..editor import Result
+from .app import create_app
+from .renderer import Frame, rows_of
+
+DEFAULT_MAX_BATCH = 16
+DEFAULT_WAIT_S = 0.01
+
+
+class ServeBatchRenderer:
+    """The service's renderer interface (`render`, `start`, `stop`, `stats`) with Ray Serve doing the batching.
+    Unlike the local BatchingRenderer, no request is superseded: every request is rendered."""
+
+    def __init__(self, editor, max_batch: int = DEFAULT_MAX_BATCH, wait_s: float = DEFAULT_WAIT_S):
+        self.editor = editor
+        self._batched.set_max_batch_size(max_batch)
+        self._batched.set_batch_wait_timeout_s(wait_s)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="render")  # synthesis off the event loop
+        self.batch_sizes = Counter()   # requests per synthesis -> how many syntheses
+        self.max_rows_seen = 0
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        self._executor.shutdown(wait=False)
+
+    def stats(self) -> dict:
+        return {"batches": sum(self.batch_sizes.values()),
+                "frames": sum(size * n for size, n in self.batch_sizes.items()),
+                "superseded": 0, "max_batch_rows": self.max_rows_seen,
+                "batch_sizes": {str(size): n for size, n in sorted(self.batch_sizes.items())}}
+
+    async def render(self, key, latent, vectors: dict, labels: bool = True) -> Frame:
+        """The frame of `latent` edited by `vectors` (its label map too unless `labels` is False)."""
+        outcome = await self._batched((latent, vectors, labels))
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH, batch_wait_timeout_s=DEFAULT_WAIT_S)
+    async def _batched(self, requests: list) -> list:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._render_all, requests)
+
+    def _render_all(self, requests: list) -> list:
+        """Outcomes in request order: one synthesis for the requests that want labels, one for the others."""
+        outcomes = [None] * len(requests)
+        for want_labels in (True, False):
+            group = [i for i, r in enumerate(requests) if r[2] == want_labels]
+            if group:
+                for i, outcome in zip(group, self._synthesize([requests[i][:2] for i in group], want_labels)):
+                    outcomes[i] = outcome
+        return outcomes
+
+    def _synthesize(self, items: list, labels: bool) -> list:
+        """Frames of one synthesis; on an error, each request alone, so one request's bad input fails only it."""
+        start = time.perf_counter()
+        try:
+            result = self.editor.apply_many(items, labels=labels)
+        except Exception as error:
+            return [error] if len(items) == 1 else [self._synthesize([item], labels)[0] for item in items]
+        seconds = time.perf_counter() - start
+        shapes = [rows_of(vectors) for _, vectors in items]
+        total = sum(rows for rows, _ in shapes)
+        self.batch_sizes[len(items)] += 1
+        self.max_rows_seen = max(self.max_rows_seen, total)
+        frames, offset = [], 0
+        for rows, batched in shapes:
+            image = result.image[offset:offset + rows].cpu()
+            label_maps = None if result.labels is None else result.labels[offset:offset + rows].cpu()
+            offset += rows
+            if not batched:
+                image, label_maps = image[0], None if label_maps is None else label_maps[0]
+            frames.append(Frame(Result(image, label_maps), total, seconds))
+        return frames
+
+
+@serve.ingress()
+class EditingService:
+    """One replica: the editor, built once by `make_editor()`, and the app over it."""
+
+    def __init__(self, make_editor, app_options: dict, max_batch: int, wait_s: float):
+        self.editor = make_editor()
+        self.editor.progress = False  # jobs report progress through the API
+        self.renderer = ServeBatchRenderer(self.editor, max_batch, wait_s)
+        self.app_options = app_options
+
+    def __serve_build_asgi_app__(self):
+        return create_app(self.editor, renderer=self.renderer, **self.app_options)
+
+
+def deployment(make_editor, app_options: dict | None = None, num_replicas: int = 1, num_gpus: float = 0,
+               max_batch: int = DEFAULT_MAX_BATCH, wait_s: float = DEFAULT_WAIT_S):
+    """The bound Ray Serve application; `app_options` go to `create_app` (library_dir, limits, ...)."""
+    options = {"num_replicas": num_replicas, "ray_actor_options": {"num_cpus": 1, "num_gpus": num_gpus}}
+    return serve.deployment(EditingService, name="editgan-fast", **options).bind(
+        make_editor, dict(app_options or {}), max_batch, wait_s)
+
+
+def run(make_editor, host: str = "127.0.0.1", port: int = 8000, address: str | None = None, **options) -> str:
+    """Start Ray Serve's HTTP proxy on host:port (joining the cluster at `address`, or a local Ray if none is
+    initialized) and deploy the service at /; returns its URL while it keeps serving in the background."""
+    import ray
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False)
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(deployment(make_editor, **options), name="editgan-fast", route_prefix="/", blocking=False)
+    return f"http://{host}:{port}"
