@@ -65,17 +65,18 @@ class PixelClassifier(torch.nn.Module):
         """pixels [P, D] -> logits [P, C]."""
         return self.layers(pixels)
 
-    def pixel_mlp(self) -> PixelMLP:
-        """The frozen view the `seg_head` op reads (detached tensors sharing this module's storage)."""
+    def pixel_mlp(self, detach: bool = True) -> PixelMLP:
+        """The frozen view the `seg_head` op reads (detached tensors sharing this module's storage; inside
+        torch.compile the parameters themselves, see Segmenter.members)."""
+        view = (lambda t: t.detach()) if detach else (lambda t: t)
         lin = [self.layers[i] for i in _LINEAR]
         bns = [self.layers[i] for i in _BATCHNORM]
         if bns[0].eps != bns[1].eps:
             raise InputValueError(f"the seg_head op needs one BatchNorm eps per classifier, got {bns[0].eps} and "
                              f"{bns[1].eps}")
-        return PixelMLP(weights=tuple(m.weight.detach() for m in lin), biases=tuple(m.bias.detach() for m in lin),
-                        bn_mean=tuple(b.running_mean.detach() for b in bns),
-                        bn_var=tuple(b.running_var.detach() for b in bns),
-                        bn_weight=tuple(b.weight.detach() for b in bns), bn_bias=tuple(b.bias.detach() for b in bns),
+        return PixelMLP(weights=tuple(view(m.weight) for m in lin), biases=tuple(view(m.bias) for m in lin),
+                        bn_mean=tuple(view(b.running_mean) for b in bns), bn_var=tuple(view(b.running_var) for b in bns),
+                        bn_weight=tuple(view(b.weight) for b in bns), bn_bias=tuple(view(b.bias) for b in bns),
                         bn_eps=bns[0].eps)
 
     @classmethod
@@ -169,6 +170,10 @@ class Segmenter(torch.nn.Module):
     @property
     def members(self) -> list[PixelMLP]:
         """Frozen views of the classifiers, as the `seg_head` op takes them."""
+        if torch.compiler.is_compiling():
+            # Views made inside a graph are new tensors every call, which the backends' packed-weight caches
+            # (keyed by identity) would miss; the parameters and buffers themselves are the same each call.
+            return [c.pixel_mlp(detach=False) for c in self.classifiers]
         if self._views is None:  # a copy with storage of its own
             self._refresh_views()
         return self._views.members
