@@ -23,16 +23,21 @@ def check_state_dict(sd, source: str) -> dict:
     return sd
 
 
-def torch_load(path, what: str = "checkpoint"):
-    """torch.load(weights_only=True) of a file that exists and is not empty; any failure (torch raises many
-    types for foreign, corrupt or unsafe files) is a CheckpointError naming the file."""
-    path = os.fspath(path)
+def file_head(path, what: str) -> bytes:
+    """The first 4 bytes of `path`, after checking it is a file that exists and is not empty."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{what} {path} does not exist")
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"{what} {path} is empty")
     with open(path, "rb") as f:
-        head = f.read(4)
+        return f.read(4)
+
+
+def torch_load(path, what: str = "checkpoint"):
+    """torch.load(weights_only=True) of a file that exists and is not empty; any failure (torch raises many
+    types for foreign, corrupt or unsafe files) is a CheckpointError naming the file."""
+    path = os.fspath(path)
+    head = file_head(path, what)
     if head != b"PK\x03\x04" and head[:1] != b"\x80":  # torch files are zip archives (or legacy pickles)
         raise CheckpointError(f"{what} {path} is not a PyTorch checkpoint: it is neither a zip archive nor a "
                               f"pickle (it starts with {head!r})")

@@ -14,7 +14,7 @@ import zipfile
 
 import torch
 
-from .checks import check_state_dict, torch_load
+from .checks import check_state_dict, file_head, torch_load
 from .errors import CheckpointError
 from .generator import Generator
 
@@ -71,12 +71,7 @@ def generator_from_state_dict(sd, latent_avg=None, source="state dict", conv_cla
 
 def load_generator(path, map_location="cpu") -> Generator:
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"generator checkpoint {path!r} does not exist")
-    if os.path.getsize(path) == 0:
-        raise CheckpointError(f"generator checkpoint {path} is empty")
-    with open(path, "rb") as fh:
-        head = fh.read(4)
+    head = file_head(path, "generator checkpoint")
     if path.endswith(".pkl") or (head[:1] == b"\x80" and not zipfile.is_zipfile(path)):
         from .ada_pickle import load_ada_generator
         return load_ada_generator(path).to(map_location)
