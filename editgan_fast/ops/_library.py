@@ -261,11 +261,25 @@ _FIELD_SLICES = ((0, 3), (3, 3), (6, 2), (8, 2), (10, 2), (12, 2))  # (offset, c
 _members = _MemberCache()
 
 
+_masks: dict = {}  # id(pixels) -> (weak reference to pixels, (box, device, version), mask)
+
+
 def region_mask(pixels, box, device):
-    """The bool [h, w] mask of flat row-major pixel indices inside the crop `box`."""
+    """The bool [h, w] mask of flat row-major pixel indices inside the crop `box`. Outside tracing it is made
+    once per index tensor and returned as the same object each call (an optimization's region is fixed), so the
+    backends' caches of what they derive from a mask hit instead of reading it back to the host every step."""
+    tracing = torch.compiler.is_compiling()
+    key = (tuple(box), torch.device(device), None if tracing or pixels.is_inference() else pixels._version)
+    hit = None if tracing else _masks.get(id(pixels))
+    if hit is not None and hit[0]() is pixels and hit[1] == key:
+        return hit[2]
     y0, y1, x0, x1 = box
     mask = torch.zeros((y1 - y0) * (x1 - x0), dtype=torch.bool, device=device)
-    return mask.index_fill_(0, pixels, True).view(y1 - y0, x1 - x0)
+    mask = mask.index_fill_(0, pixels, True).view(y1 - y0, x1 - x0)
+    if not tracing:
+        ident = id(pixels)
+        _masks[ident] = (weakref.ref(pixels, lambda _, k=ident: _masks.pop(k, None)), key, mask)
+    return mask
 
 
 def _seg_args(features, members, bn_eps, out_size, crop, mode, pixels):

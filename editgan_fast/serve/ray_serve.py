@@ -16,6 +16,7 @@ from ray import serve
 
 from ..editor import Result
 from .app import create_app
+from . import codec
 from .renderer import Frame, rows_of
 
 DEFAULT_MAX_BATCH = 16
@@ -46,9 +47,10 @@ class ServeBatchRenderer:
                 "superseded": 0, "max_batch_rows": self.max_rows_seen,
                 "batch_sizes": {str(size): n for size, n in sorted(self.batch_sizes.items())}}
 
-    async def render(self, key, latent, vectors: dict, labels: bool = True) -> Frame:
-        """The frame of `latent` edited by `vectors` (its label map too unless `labels` is False)."""
-        outcome = await self._batched((latent, vectors, labels))
+    async def render(self, key, latent, vectors: dict, labels: bool = True, encode: bool = False) -> Frame:
+        """The frame of `latent` edited by `vectors` (its label map too unless `labels` is False; encoded as
+        PNGs too if `encode`)."""
+        outcome = await self._batched((latent, vectors, labels, encode))
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
@@ -64,30 +66,33 @@ class ServeBatchRenderer:
         for want_labels in (True, False):
             group = [i for i, r in enumerate(requests) if r[2] == want_labels]
             if group:
-                for i, outcome in zip(group, self._synthesize([requests[i][:2] for i in group], want_labels)):
+                for i, outcome in zip(group, self._synthesize([requests[i][:2] for i in group], want_labels,
+                                                              [requests[i][3] for i in group])):
                     outcomes[i] = outcome
         return outcomes
 
-    def _synthesize(self, items: list, labels: bool) -> list:
+    def _synthesize(self, items: list, labels: bool, encode: list) -> list:
         """Frames of one synthesis; on an error, each request alone, so one request's bad input fails only it."""
         start = time.perf_counter()
         try:
             result = self.editor.apply_many(items, labels=labels)
         except Exception as error:
-            return [error] if len(items) == 1 else [self._synthesize([item], labels)[0] for item in items]
+            return [error] if len(items) == 1 else [self._synthesize([item], labels, [e])[0]
+                                                    for item, e in zip(items, encode)]
         seconds = time.perf_counter() - start
         shapes = [rows_of(vectors) for _, vectors in items]
         total = sum(rows for rows, _ in shapes)
         self.batch_sizes[len(items)] += 1
         self.max_rows_seen = max(self.max_rows_seen, total)
         frames, offset = [], 0
-        for rows, batched in shapes:
+        for (rows, batched), encoded in zip(shapes, encode):
             image = result.image[offset:offset + rows].cpu()
             label_maps = None if result.labels is None else result.labels[offset:offset + rows].cpu()
             offset += rows
             if not batched:
                 image, label_maps = image[0], None if label_maps is None else label_maps[0]
-            frames.append(Frame(Result(image, label_maps), total, seconds))
+            frames.append(Frame(Result(image, label_maps), total, seconds,
+                                codec.frame(image, label_maps) if encoded else None))
         return frames
 
 
