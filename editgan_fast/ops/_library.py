@@ -176,17 +176,21 @@ def _(grad_out, x, *rest):
     return torch.empty_like(x)
 
 
-def _ba_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:2])
-    ctx.constants = inputs[2:]
+def _register_first_input_grad(op, grad_op):
+    """Autograd for an op differentiated in its first input only (bias_act's x, upfirdn2d's x): its two tensor
+    inputs are saved, the rest are constants handed back to `grad_op`."""
+    def setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:2])
+        ctx.constants = inputs[2:]
+
+    def backward(ctx, grad_out):
+        gx = grad_op(grad_out, *ctx.saved_tensors, *ctx.constants)
+        return (gx if ctx.needs_input_grad[0] else None,) + (None,) * (1 + len(ctx.constants))
+
+    op.register_autograd(backward, setup_context=setup)
 
 
-def _ba_backward(ctx, grad_out):
-    gx = bias_act_grad(grad_out, *ctx.saved_tensors, *ctx.constants)
-    return (gx if ctx.needs_input_grad[0] else None,) + (None,) * (1 + len(ctx.constants))
-
-
-bias_act.register_autograd(_ba_backward, setup_context=_ba_setup)
+_register_first_input_grad(bias_act, bias_act_grad)
 
 
 # ----------------------------------------------------------------------------------------------- upfirdn2d
@@ -217,17 +221,7 @@ def _(grad_out, x, *rest):
     return torch.empty_like(x)
 
 
-def _up_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:2])
-    ctx.constants = inputs[2:]
-
-
-def _up_backward(ctx, grad_out):
-    gx = upfirdn2d_grad(grad_out, *ctx.saved_tensors, *ctx.constants)
-    return (gx if ctx.needs_input_grad[0] else None,) + (None,) * (1 + len(ctx.constants))
-
-
-upfirdn2d.register_autograd(_up_backward, setup_context=_up_setup)
+_register_first_input_grad(upfirdn2d, upfirdn2d_grad)
 
 
 # ------------------------------------------------------------------------------------------------ seg_head
