@@ -7,6 +7,8 @@ gradients, sharing the weights' storage), so the caller's modules are never swit
 The real-time path (`apply`): the per-layer style coefficients are affine in w+, styles(w + Σ sᵢδᵢ) =
 styles(w) + Σ sᵢ styles(δᵢ, bias=False), so the editor caches styles(w) per Latent and styles(δᵢ) per vector;
 a new set of scales costs a weighted sum of cached tensors and one synthesis, and a batch of scales is one batch.
+On CUDA, `cuda_graphs=True` (or `use_cuda_graphs`) replays that sum and synthesis from captured CUDA graphs
+(graphs.py).
 """
 from __future__ import annotations
 
@@ -74,10 +76,12 @@ class Editor:
     `learn_lr`: Adam's learning rate in `learn_vector` and `refine` (EditGAN's 0.02 for trained generators).
     `compile`: run apply's synthesis + segmentation as one torch.compile(fullgraph=True) graph, compiled at the
     first call per batch size under the backend selected then (True: inductor; or a torch.compile backend name).
+    `cuda_graphs`: `apply` captures a CUDA graph per batch shape and replays it (`use_cuda_graphs`).
     """
 
     def __init__(self, generator, segmenter, encoder=None, lpips=None, progress: bool | None = None,
-                 noise_mode: str = "const", learn_lr: float = LEARN_LR, compile: bool | str = False):
+                 noise_mode: str = "const", learn_lr: float = LEARN_LR, compile: bool | str = False,
+                 cuda_graphs: bool | int = False):
         dim = sum(int(c) for c in generator.feature_channels)
         if segmenter.in_features != dim:
             raise ValueError(f"the segmenter classifies {segmenter.in_features} feature channels, the generator's "
@@ -98,6 +102,9 @@ class Editor:
         if compile:
             self._render = torch.compile(self._render_chunk, fullgraph=True,
                                          backend="inductor" if compile is True else compile)
+        self.graphs = None  # the GraphedApply that `apply` goes through, when CUDA graphs are on
+        if cuda_graphs:
+            self.use_cuda_graphs(cuda_graphs)
 
     # ----------------------------------------------------------------------------------------- basics
     @property
@@ -119,6 +126,20 @@ class Editor:
         with self._cache_lock:
             self._latent_styles.clear()
             self._vector_styles.clear()
+        if self.graphs is not None:
+            self.graphs.clear()  # they read the old tensors' memory
+        return self
+
+    def use_cuda_graphs(self, capacity: bool | int = True, graph_type=None) -> "Editor":
+        """From now on `apply` (and `render`) replay CUDA graphs: one captured per batch shape (number of scales,
+        number of vectors), the latent, vectors and scales copied into its static buffers at each call, the
+        results returned as copies; `capacity` graphs are kept (True: graphs.DEFAULT_CAPACITY), least recently
+        used dropped first. False: eager again. A clear BackendUnavailable when torch has no CUDA device, and at
+        the first `apply` when the editor's models are not on one (or the backend cannot be captured).
+        `graph_type`: the graph implementation (graphs.CudaGraph; graphs.EagerGraph runs the same bookkeeping
+        on any device). See graphs.py for what invalidates a graph."""
+        from .graphs import GraphedApply  # graphs.py imports this module
+        self.graphs = None if capacity is False else GraphedApply(self, capacity, graph_type)
         return self
 
     def latent(self, wplus) -> Latent:
@@ -181,19 +202,24 @@ class Editor:
                 self._vector_styles[vector] = styles
         return styles
 
-    def _edited_styles(self, latent: Latent, vectors: dict):
-        """Per-layer styles [B, C] of w+ + Σ sᵢ δᵢ from the cached terms, and whether a batch was asked for."""
+    def _style_terms(self, latent: Latent, vectors: dict):
+        """(the latent's cached styles, each vector's cached style deltas, scales [B, K] on the host, whether a
+        batch was asked for): the terms `combine_styles` sums, eagerly or in a CUDA graph's static buffers."""
         if not isinstance(vectors, dict):
             raise ValueError("vectors must be a dict {EditVector: scale}")
         scales, batched = _scale_matrix(vectors)
         base = self._styles_of_latent(self.latent(latent))
-        styles = [s.expand(scales.shape[0], -1) for s in base] if scales.shape[0] > 1 else list(base)
-        for k, vector in enumerate(vectors):
+        deltas = []
+        for vector in vectors:
             if not isinstance(vector, EditVector):
                 raise ValueError(f"vectors must be keyed by EditVector, got {type(vector).__name__}")
-            s = scales[:, k:k + 1].to(self.device)
-            styles = [a + s.to(d.dtype) * d for a, d in zip(styles, self._styles_of_vector(vector))]
-        return styles, batched
+            deltas.append(self._styles_of_vector(vector))
+        return base, deltas, scales, batched
+
+    def _edited_styles(self, latent: Latent, vectors: dict):
+        """Per-layer styles [B, C] of w+ + Σ sᵢ δᵢ from the cached terms, and whether a batch was asked for."""
+        base, deltas, scales, batched = self._style_terms(latent, vectors)
+        return combine_styles(base, deltas, scales.to(self.device)), batched
 
     def _render_styles(self, styles, labels: bool = True) -> Result:
         """Image [B, 3, H, W] (float32) and labels [B, h, w] (None if not asked for): one synthesis per
@@ -220,9 +246,12 @@ class Editor:
     @torch.no_grad()
     def apply(self, latent: Latent, vectors: dict) -> Result:
         """Image and labels of w+ + Σ sᵢ δᵢ. Scales are floats (one result) or equal-length sequences (a batch of
-        B results, synthesized as one batch: a slider preview)."""
-        styles, batched = self._edited_styles(latent, vectors)
-        result = self._render_styles(styles)
+        B results, synthesized as one batch: a slider preview). With CUDA graphs on, replayed from a graph."""
+        if self.graphs is not None:
+            result, batched = self.graphs.apply(latent, vectors)
+        else:
+            styles, batched = self._edited_styles(latent, vectors)
+            result = self._render_styles(styles)
         return result if batched else Result(result.image[0], result.labels[0])
 
     @torch.no_grad()
@@ -445,6 +474,17 @@ def _frozen_copy(module):
     frozen = copy.deepcopy(module, memo)
     # eval() only when needed: switching modes lets a module rebuild derived state (the segmenter's views).
     return frozen.eval() if any(m.training for m in frozen.modules()) else frozen
+
+
+def combine_styles(base, deltas, scales: torch.Tensor):
+    """Per-layer styles [B, C] of w+ + Σₖ scales[:, k] δₖ from the cached terms (base: [1, C] per layer; deltas[k]:
+    [1, C] per layer; scales [B, K] on their device). Eager `apply` and a captured graph both compute exactly
+    this, in this order, so a replay equals the eager result."""
+    styles = [s.expand(scales.shape[0], -1) for s in base]
+    for k, delta in enumerate(deltas):
+        s = scales[:, k:k + 1]
+        styles = [a + s.to(d.dtype) * d for a, d in zip(styles, delta)]
+    return styles
 
 
 def _scale_matrix(vectors: dict) -> tuple[torch.Tensor, bool]:
