@@ -1,5 +1,6 @@
 """GPU check and timing: each fast backend's kernels against the reference (error bounds per storage dtype),
-then the end-to-end `apply` (generator + segmentation head) and one refinement step, as tables. Configurations:
+then the end-to-end `apply` (generator + segmentation head; through the Editor eager and replayed from a CUDA
+graph) and one refinement step, as tables. Configurations:
 EditGAN's car model (512 px config-f generator, 16 feature maps, crop 384x512, 32 classes, 10 members) and a
 1024 px face model (18 maps, no crop, 34 classes, 10 members).
 
@@ -19,6 +20,9 @@ import sys
 import torch
 
 from editgan_fast import backend
+from editgan_fast.editor import Editor, EditVector, Latent
+from editgan_fast.errors import BackendUnavailable
+from editgan_fast.models.segmenter import Segmenter
 from editgan_fast.ops import PixelMLP, bias_act, modulated_conv2d, seg_head, setup_filter, upfirdn2d
 
 # The checked configurations: EditGAN's car model and a 1024 px face model (DatasetGAN's 34 face classes).
@@ -264,7 +268,29 @@ def end_to_end(device, batch, dtype_name, reps, config, name):
         err = rel_error(apply()[0], ref_image)
         rows = [(f"apply (generator + seg head), batch {batch}", name, err, cuda_time_ms(apply, reps)),
                 (f"refinement step, batch {batch}", name, None, cuda_time_ms(refine_step, reps))]
+        editor = Editor(gen, Segmenter(members, out_size, crop=crop), progress=False)
+        rows += graph_rows(editor, Latent(wplus[0]), EditVector(delta[0].cpu()), batch, reps, name)
     return rows
+
+
+def graph_rows(editor, latent, vector, batch, reps, name, timer=cuda_time_ms, graph_type=None):
+    """Rows (stage, backend, rel err, ms) of `apply` through the Editor, eager and replayed from a CUDA graph:
+    the same editor with graphs off, then on (the error is the replayed image's against the eager one). A
+    capture that fails is a row with a NaN error (over every bound), so the other rows still get reported."""
+    scales = {vector: [0.5 - k / max(batch - 1, 1) for k in range(batch)] if batch > 1 else 0.5}
+    stage = f"apply, CUDA graph replay vs eager, batch {batch}"
+    editor.use_cuda_graphs(False)
+    eager = editor.apply(latent, scales)
+    rows = [(f"apply (Editor, eager), batch {batch}", name, None, timer(lambda: editor.apply(latent, scales), reps))]
+    try:
+        editor.use_cuda_graphs(True, graph_type=graph_type)
+        replayed = editor.apply(latent, scales)
+        ms = timer(lambda: editor.apply(latent, scales), reps)
+    except BackendUnavailable as e:
+        return rows + [(f"{stage}: capture failed ({e})", name, float("nan"), float("nan"))]
+    finally:
+        editor.use_cuda_graphs(False)  # frees the graph's memory pool
+    return rows + [(f"{stage} ({rows[0][3] / ms:.2f}x)", name, rel_error(replayed.image, eager.image), ms)]
 
 
 def record_choice(path, kernel_rows, bound, what):

@@ -12,6 +12,7 @@
 #             each kernel and end to end against the reference; the fp32 run rewrites
 #             editgan_fast/ops/gpu_choice.json (the backend `auto` picks per operator on CUDA), copied to OUTDIR
 #   cuda      every `gpu` and `nvcc` test (the CUDA kernels against the reference, their sm_80/sm_90 builds)
+#   graphs    `apply` replayed from CUDA graphs equals eager `apply` (triton and cuda backends) and is faster
 #   bench     the same at a 1024 px face configuration (18 maps, 34 classes), fp32 and bf16
 # A test that skips counts as a failure (EDITGAN_FAST_REQUIRE_GPU=1 turns the GPU tests' skips into failures,
 # and pytest's summary line is checked for any other). OUTDIR/gpu-check.md, the report, is written as the steps
@@ -177,7 +178,7 @@ export PY REPORT
 export -f device_ready pytest_strict triton_tests bench
 if ! step device 60 device_ready; then
     grep '^gpu_check:' "$LOG" | tail -1 >>"$REPORT"
-    SUMMARY+=("| triton, build, cuda, bench | not run: no usable device | |")
+    SUMMARY+=("| triton, build, cuda, graphs, bench | not run: no usable device | |")
     finish
 fi
 # The source tree has no install: editgan_fast.kernels lives in kernels/ (setup.py's package_dir). Where no
@@ -193,6 +194,8 @@ cp editgan_fast/ops/gpu_choice.json "$OUTDIR/" 2>/dev/null
 step "bench car bf16" 60 bench car bfloat16
 step cuda 120 pytest_strict -m "gpu or nvcc" --deselect tests/test_triton_aot.py::test_kernels_on_a_real_gpu \
     tests/test_cuda_backend.py tests/test_cuda_compile.py tests/test_cuda_emulated.py tests/test_triton_aot.py
+# Its own process: Triton compiled for the GPU (another test module may switch on the interpreter at import).
+step graphs 90 pytest_strict -m gpu tests/test_editor_graphs.py
 step "bench face1024 fp32" 90 bench face1024 float32
 step "bench face1024 bf16" 90 bench face1024 bfloat16
 finish

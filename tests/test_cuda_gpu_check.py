@@ -66,3 +66,47 @@ def test_record_choice_picks_the_fastest_backend_within_the_bound(tmp_path):
     assert chosen == {"bias_act": "cuda", "upfirdn2d": "triton", "seg_head": "reference"}
     table = json.loads(path.read_text())
     assert table["ops"]["modulated_conv2d"] == "triton" and table["measured"].startswith("test device")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present: main() would run the benchmark")
+def test_gpu_bench_without_a_device_says_so(capsys):
+    from factories import load_bench_script
+    gpu = load_bench_script("gpu")
+    assert gpu.main(["--check"]) == 1 and gpu.main([]) == 0
+    assert capsys.readouterr().out.count("bench/gpu.py: no CUDA device here") == 2
+
+
+def _graph_bench_inputs():
+    from cuda_cases import random_members
+    from factories import small_generator
+    from editgan_fast.editor import Editor, EditVector
+    from editgan_fast.models.segmenter import Segmenter
+    g = small_generator(size=16, style_dim=8, channels={4: 8, 8: 6, 16: 4})
+    members = random_members(sum(g.feature_channels), classes=4, count=2, h1=12, h2=6, device="cpu")
+    editor = Editor(g, Segmenter(members, out_size=16), progress=False)
+    return editor, editor.sample(0), EditVector(0.3 * torch.randn(g.num_ws, g.style_dim))
+
+
+def test_the_graph_replay_rows_run_on_the_cpu_stand_in():
+    """bench/gpu.py's "apply, CUDA graph replay vs eager" rows, with the graph stand-in and a plain timer: the
+    code a GPU machine runs once gets exercised here first."""
+    from factories import load_bench_script
+    from editgan_fast.editor import graphs
+    gpu = load_bench_script("gpu")
+    editor, latent, vector = _graph_bench_inputs()
+    calls = []
+    timer = lambda fn, reps: (calls.append(reps), fn(), 2.0 if len(calls) == 1 else 0.5)[-1]
+    rows = gpu.graph_rows(editor, latent, vector, 3, 4, "cpu", timer=timer, graph_type=graphs.EagerGraph)
+    assert rows[0] == ("apply (Editor, eager), batch 3", "cpu", None, 2.0)
+    stage, name, err, ms = rows[1]
+    assert stage == "apply, CUDA graph replay vs eager, batch 3 (4.00x)" and name == "cpu" and ms == 0.5
+    assert err <= 1e-6 and calls == [4, 4]
+    assert editor.graphs is None  # turned off again: the graph's memory goes
+
+    class Refused(graphs.EagerGraph):
+        def __init__(self, fn, device):
+            raise gpu.BackendUnavailable("apply could not be captured in a CUDA graph (test)")
+
+    rows = gpu.graph_rows(editor, latent, vector, 1, 2, "cpu", timer=lambda fn, reps: 1.0, graph_type=Refused)
+    assert "capture failed (apply could not be captured" in rows[1][0] and rows[1][2] != rows[1][2]  # NaN
+    assert editor.graphs is None

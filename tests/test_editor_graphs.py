@@ -270,6 +270,8 @@ def test_cuda_graph_replay_is_faster_than_eager(gpu_models):
 def test_a_capture_that_synchronizes_is_a_clear_error():
     # Last in this file: a failed capture is the one thing here that could leave the device in a bad state.
     x = torch.ones(4, device="cuda")
+    stream = torch.cuda.current_stream()
     with pytest.raises(BackendUnavailable, match="could not be captured in a CUDA graph"):
         graphs.CudaGraph(lambda: (x * float(x.sum().item()),), x.device)
+    assert torch.cuda.current_stream() == stream  # not left on the capture stream
     assert torch.ones(1, device="cuda").add_(1).item() == 2.0  # the device still works

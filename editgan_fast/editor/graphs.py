@@ -64,13 +64,15 @@ class CudaGraph:
             with torch.cuda.stream(side):
                 for _ in range(WARMUP_CALLS):
                     fn()
-            torch.cuda.current_stream().wait_stream(side)
+            current = torch.cuda.current_stream()
+            current.wait_stream(side)
             self._graph = torch.cuda.CUDAGraph()
             try:
                 # thread_local: a server's other threads may keep using the device while this one captures.
                 with torch.cuda.graph(self._graph, capture_error_mode="thread_local"):
                     self.outputs = fn()
             except RuntimeError as e:
+                torch.cuda.set_stream(current)  # a failed capture_end leaves the capture stream current
                 raise BackendUnavailable(
                     f"apply could not be captured in a CUDA graph under backend {backend.current().name!r} "
                     f"(something in it synchronizes with the host; the triton backend's apply does not): "
