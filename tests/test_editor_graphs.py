@@ -7,6 +7,8 @@ be; results are copies; a capture-less machine gets a clear error. With a CUDA d
 bench/gpu_check.sh where a skip is a failure): real CUDA graph replays equal eager `apply` on the triton and
 cuda backends, and replaying is faster than eager.
 """
+import contextlib
+import inspect
 import os
 import statistics
 import threading
@@ -188,6 +190,70 @@ def test_without_a_usable_device_the_errors_name_the_problem(models):
     for bad in (-1, 0.5, "yes"):
         with pytest.raises(InputValueError, match="cuda_graphs must be True, False or the number of graphs"):
             Editor(*models, progress=False).use_cuda_graphs(bad, graph_type=graphs.EagerGraph)
+
+
+REAL_GRAPH = torch.cuda.graph  # the signature the fake checks its arguments against
+
+
+class FakeCuda:
+    """torch.cuda's stream and graph calls as CudaGraph makes them, recorded: its warm-up, capture and error
+    handling run here without a device (the arguments are checked against the real signatures)."""
+
+    def __init__(self, fail_capture=False):
+        self.current, self.log, self.fail_capture = "main", [], fail_capture
+        fake = self
+
+        class Stream:
+            def __init__(self, name="side"):
+                self.name = name
+
+            def wait_stream(self, other):
+                fake.log.append(f"{self.name} waits for {other.name}")
+
+        class Graph:
+            def replay(self):
+                fake.log.append("replay")
+
+        @contextlib.contextmanager
+        def stream(s):
+            before, self.current = self.current, s.name
+            yield
+            self.current = before
+
+        @contextlib.contextmanager
+        def graph(g, capture_error_mode="global"):
+            inspect.signature(REAL_GRAPH).bind(g, capture_error_mode=capture_error_mode)
+            self.log.append(f"capture ({capture_error_mode})")
+            before, self.current = self.current, "capture"
+            yield
+            if self.fail_capture:
+                raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore")
+            self.current = before
+
+        self.stream_cls, self.api = Stream, dict(
+            device=lambda d: contextlib.nullcontext(), Stream=Stream, stream=stream, graph=graph, CUDAGraph=Graph,
+            current_stream=lambda: Stream(self.current), set_stream=lambda s: setattr(self, "current", s.name))
+
+    def install(self, monkeypatch):
+        for name, value in self.api.items():
+            monkeypatch.setattr(torch.cuda, name, value)
+
+
+def test_cuda_graph_warms_up_on_a_side_stream_then_captures_and_replays(monkeypatch):
+    fake = FakeCuda()
+    fake.install(monkeypatch)
+    out = torch.zeros(1)
+    g = graphs.CudaGraph(lambda: fake.log.append(f"fn on {fake.current}") or (out,), torch.device("cuda"))
+    assert fake.log == ["side waits for main", "fn on side", "fn on side", "main waits for side",
+                        "capture (thread_local)", "fn on capture"]
+    assert g.replay() == (out,) and fake.log[-1] == "replay" and fake.current == "main"
+
+    failing = FakeCuda(fail_capture=True)
+    failing.install(monkeypatch)
+    with pytest.raises(BackendUnavailable, match=r"could not be captured in a CUDA graph under backend "
+                                                 r"'\w+' .*: CUDA error: operation not permitted[^\n]*$"):
+        graphs.CudaGraph(lambda: (out,), torch.device("cuda"))
+    assert failing.current == "main"  # the capture stream is not left current
 
 
 # ------------------------------------------------------------------------------------------ on a GPU
