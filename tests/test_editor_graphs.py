@@ -69,7 +69,7 @@ def test_replays_equal_eager_apply_as_the_scales_change(models, eager):
         result = editor.apply(latent, {v: scales})  # the first replay after a capture overwrites the poison
         assert result.image.shape == eager.apply(latent, {v: scales}).image.shape
         assert_same(result, eager.apply(latent, {v: scales}))
-    assert editor.graphs.captures == 2 and len(editor.graphs) == 2  # one graph per batch shape, reused
+    assert editor.graphs.captures == 2 and editor.graphs.held == 2  # one graph per batch shape, reused
 
 
 def test_a_new_latent_or_vector_is_copied_into_the_buffers(models, eager):
@@ -102,7 +102,7 @@ def test_new_shapes_capture_anew_and_the_oldest_graph_goes(models, eager):
     shapes = [{a: 0.5}, {a: [0.5, 1.0]}, {a: 0.5, b: 1.0}, {a: -0.5}]  # (1,1) (2,1) (1,2) then (1,1) again
     for vectors in shapes:
         assert_same(editor.apply(latent, vectors), eager.apply(latent, vectors))
-    assert len(editor.graphs) == 2
+    assert editor.graphs.held == 2
     assert editor.graphs.captures == 4  # (1, 1) was the least recently used when (1, 2) came: dropped
     editor.apply(latent, {a: 0.1, b: 0.2})
     assert editor.graphs.captures == 4  # (1, 2) is still held
@@ -132,7 +132,7 @@ def test_weights_changed_in_place_or_moved_drop_the_graphs():
     editor.apply(latent, {v: 0.5})
     assert editor.graphs.captures == 3
     editor.to(torch.float32)
-    assert len(editor.graphs) == 0
+    assert editor.graphs.held == 0
     editor.apply(latent, {v: 0.5})
     assert editor.graphs.captures == 4
 
@@ -144,7 +144,7 @@ def test_another_backend_selection_recaptures(models, eager):
     with editgan_fast.use_backend("reference"):
         result = editor.apply(latent, {v: 0.5})
         expected = eager.apply(latent, {v: 0.5})
-    assert editor.graphs.captures == 2 and len(editor.graphs) == 1  # the other selection's graph is dropped
+    assert editor.graphs.captures == 2 and editor.graphs.held == 1  # the other selection's graph is dropped
     assert_same(result, expected)
 
 

@@ -106,7 +106,7 @@ class EagerGraph:
 
 class GraphedApply:
     """An editor's captured applies (see the module docstring); `Editor.apply` calls `apply` when graphs are on.
-    `captures` counts the captures made, `len()` the graphs held."""
+    `captures` counts the captures made, `held` the graphs held."""
 
     def __init__(self, editor, capacity: bool | int = True, graph_type=None):
         self.graph_type = graph_type or CudaGraph
@@ -124,7 +124,8 @@ class GraphedApply:
         self._entries: OrderedDict = OrderedDict()  # key -> _Captured, least recently used first
         self.clear()
 
-    def __len__(self):
+    @property
+    def held(self) -> int:
         return len(self._entries)
 
     def clear(self):
