@@ -19,10 +19,11 @@ least recently used dropped first: each holds a private memory pool as large as 
 
 A graph also reads what the backends derived from the weights (packed weights, filters, packed ensembles) at the
 addresses it had at capture. The capture's warm-up builds those under the current selection and the graphs are
-dropped when the selection changes, so the graph path alone stays consistent; but an eager call on the same
+dropped when the selection changes, so the graph path alone stays consistent. But an eager call on the same
 weights under another backend or dtype (the Triton caches keep one value per weight), or more than four
-ensembles alternating on the cuda backend (its packed-ensemble cache holds four), rebuilds one of them under a
-graph. Use one selection per editor while graphs are on, or `editor.to(...)`/`use_cuda_graphs()` again after.
+ensembles alternating on the cuda backend (its packed-ensemble cache holds four), rebuilds one of them and frees
+memory a graph still reads: its replays would be wrong. Keep one selection per editor while graphs are on, or
+call `editor.graphs.clear()` after such a call.
 
 The graph is an interface, `graph_type(fn, device)` with `.replay() -> outputs`: `CudaGraph` captures fn
 with torch.cuda.CUDAGraph; `EagerGraph` re-runs fn on the same static buffers at every replay, so the
