@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import backend
+from . import _vmap
 from ._cpu_isa import native_bf16_products
 from .bias_act import _defaults
 from .modulated_conv2d import skip_padding, up_blur_padding
@@ -57,10 +58,14 @@ class _Epilogue(torch.autograd.Function):
     """out = bias_act(y * d + noise, bias) + residual, natively; grads for y, d and residual."""
 
     @staticmethod
-    def forward(ctx, y, d, noise, bias, residual, act, alpha, gain, clamp):
-        ctx.save_for_backward(y, d, noise, bias)
-        ctx.params = (act, alpha, gain, clamp)
+    def forward(y, d, noise, bias, residual, act, alpha, gain, clamp):
         return _native().epilogue_forward(y, d, noise, bias, residual, act, alpha, gain, clamp)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        y, d, noise, bias, _, *params = inputs
+        ctx.save_for_backward(y, d, noise, bias)
+        ctx.params = tuple(params)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -68,6 +73,11 @@ class _Epilogue(torch.autograd.Function):
         grad_y, grad_d = _native().epilogue_backward(grad_out.contiguous(), y, d, noise, bias, *ctx.params)
         return (grad_y, grad_d if d is not None and ctx.needs_input_grad[1] else None, None, None,
                 grad_out if ctx.needs_input_grad[4] else None, None, None, None, None)
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        args, n = _vmap.fold(info, in_dims, args, (0, 1, 2, 4), "the cpu epilogue")  # y, d, noise, residual
+        return _vmap.unfold(info, _Epilogue.apply(*args), n), 0
 
 
 def _epilogue_args(shape, dtype, d=None, noise=None, bias=None, act="linear", alpha=None, gain=None, clamp=None):
@@ -93,10 +103,14 @@ class SeparableFir(torch.autograd.Function):
     A bf16 x gives a float32 result (taps float32); its gradient is returned in bf16."""
 
     @staticmethod
-    def forward(ctx, x, taps, pad0, pad1):
+    def forward(x, taps, pad0, pad1):
+        return _native().fir_separable(x, taps, pad0, pad1)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, taps, pad0, pad1 = inputs
         ctx.save_for_backward(taps)
         ctx.pads, ctx.x_dtype = (pad0, pad1), x.dtype
-        return _native().fir_separable(x, taps, pad0, pad1)
 
     @staticmethod
     def backward(ctx, grad):
@@ -105,6 +119,11 @@ class SeparableFir(torch.autograd.Function):
         pad0, pad1 = ctx.pads
         grad_x = SeparableFir.apply(grad.to(taps.dtype).contiguous(), taps.flip(0), n - 1 - pad0, n - 1 - pad1)
         return grad_x.to(ctx.x_dtype), None, None, None
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        args, n = _vmap.fold(info, in_dims, args, (0,), "the cpu FIR filter")
+        return _vmap.unfold(info, SeparableFir.apply(*args), n), 0
 
 
 @functools.lru_cache(maxsize=64)
@@ -226,11 +245,15 @@ class Winograd3x3(torch.autograd.Function):
     Winograd with the adjoint weight (up=1) or the stride-2 convolution (up=2). w is frozen."""
 
     @staticmethod
-    def forward(ctx, x, s, w, up):
-        ctx.save_for_backward(x, s)
-        ctx.weight, ctx.up = w, up
+    def forward(x, s, w, up):
         spec = SAME_3X3 if up == 1 else TRANSPOSED_3X3_UP2
         return winograd_conv(x, _winograd_u[spec].get(w), spec, scale=s)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, s, w, up = inputs
+        ctx.save_for_backward(x, s)
+        ctx.weight, ctx.up = w, up
 
     @staticmethod
     def backward(ctx, grad):
@@ -243,6 +266,11 @@ class Winograd3x3(torch.autograd.Function):
         grad_x = grad_xs * s[:, :, None, None] if ctx.needs_input_grad[0] else None
         grad_s = (grad_xs * x).sum([2, 3]) if ctx.needs_input_grad[1] else None
         return grad_x, grad_s, None, None
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        args, n = _vmap.fold(info, in_dims, args, (0, 1), "the cpu Winograd convolution")  # x, s
+        return _vmap.unfold(info, Winograd3x3.apply(*args), n), 0
 
 
 def _use_winograd(x, w, up):
@@ -304,8 +332,11 @@ def modulated_conv2d_cpu(x, weight, styles, demodulate=True, up=1, resample_filt
         d = torch.rsqrt(styles.to(y_dtype).square() @ sq.t() + eps)
     # Without gradients (generation, apply) the epilogue runs inside the kernel that writes the layer's output
     # ([N, Cout, H * up, W * up]), on each row while it is in cache: one pass less over the largest tensors.
+    # Under torch.func transforms (vmap) the kernels are reached through the autograd Functions, whose vmap
+    # rules batch them.
     fused = None
-    if skip is None and not (torch.is_grad_enabled() and (x.requires_grad or styles.requires_grad)):
+    if skip is None and not (torch.is_grad_enabled() and (x.requires_grad or styles.requires_grad)) and \
+            not torch._C._are_functorch_transforms_active():
         fused = _epilogue_args((x.shape[0], w.shape[0], x.shape[2] * up, x.shape[3] * up), y_dtype, d, noise,
                                bias, act, alpha, gain, clamp)
     out = None
