@@ -41,7 +41,6 @@ import torch
 import torch.nn.functional as F
 
 from .. import backend
-from . import _vmap
 from ._cpu_isa import native_bf16_products
 from .bias_act import _defaults
 from .modulated_conv2d import skip_padding, up_blur_padding
@@ -56,6 +55,8 @@ def _native():
 
 class _Epilogue(torch.autograd.Function):
     """out = bias_act(y * d + noise, bias) + residual, natively; grads for y, d and residual."""
+
+    generate_vmap_rule = True  # the native kernels have vmap rules (ops/_native_ops.py)
 
     @staticmethod
     def forward(y, d, noise, bias, residual, act, alpha, gain, clamp):
@@ -73,11 +74,6 @@ class _Epilogue(torch.autograd.Function):
         grad_y, grad_d = _native().epilogue_backward(grad_out.contiguous(), y, d, noise, bias, *ctx.params)
         return (grad_y, grad_d if d is not None and ctx.needs_input_grad[1] else None, None, None,
                 grad_out if ctx.needs_input_grad[4] else None, None, None, None, None)
-
-    @staticmethod
-    def vmap(info, in_dims, *args):
-        args, n = _vmap.fold(info, in_dims, args, (0, 1, 2, 4), "the cpu epilogue")  # y, d, noise, residual
-        return _vmap.unfold(info, _Epilogue.apply(*args), n), 0
 
 
 def _epilogue_args(shape, dtype, d=None, noise=None, bias=None, act="linear", alpha=None, gain=None, clamp=None):
@@ -102,6 +98,8 @@ class SeparableFir(torch.autograd.Function):
     """Native separable FIR with zero padding (csrc/cpu/fir.cpp); its adjoint is itself, taps reversed.
     A bf16 x gives a float32 result (taps float32); its gradient is returned in bf16."""
 
+    generate_vmap_rule = True  # the native kernels have vmap rules (ops/_native_ops.py)
+
     @staticmethod
     def forward(x, taps, pad0, pad1):
         return _native().fir_separable(x, taps, pad0, pad1)
@@ -119,11 +117,6 @@ class SeparableFir(torch.autograd.Function):
         pad0, pad1 = ctx.pads
         grad_x = SeparableFir.apply(grad.to(taps.dtype).contiguous(), taps.flip(0), n - 1 - pad0, n - 1 - pad1)
         return grad_x.to(ctx.x_dtype), None, None, None
-
-    @staticmethod
-    def vmap(info, in_dims, *args):
-        args, n = _vmap.fold(info, in_dims, args, (0,), "the cpu FIR filter")
-        return _vmap.unfold(info, SeparableFir.apply(*args), n), 0
 
 
 @functools.lru_cache(maxsize=64)
@@ -244,6 +237,8 @@ class Winograd3x3(torch.autograd.Function):
     transforms, s [N, C] scaling the input channels inside the input transform. The gradient of x * s comes from
     Winograd with the adjoint weight (up=1) or the stride-2 convolution (up=2). w is frozen."""
 
+    generate_vmap_rule = True  # the native kernels have vmap rules (ops/_native_ops.py)
+
     @staticmethod
     def forward(x, s, w, up):
         spec = SAME_3X3 if up == 1 else TRANSPOSED_3X3_UP2
@@ -266,11 +261,6 @@ class Winograd3x3(torch.autograd.Function):
         grad_x = grad_xs * s[:, :, None, None] if ctx.needs_input_grad[0] else None
         grad_s = (grad_xs * x).sum([2, 3]) if ctx.needs_input_grad[1] else None
         return grad_x, grad_s, None, None
-
-    @staticmethod
-    def vmap(info, in_dims, *args):
-        args, n = _vmap.fold(info, in_dims, args, (0, 1), "the cpu Winograd convolution")  # x, s
-        return _vmap.unfold(info, Winograd3x3.apply(*args), n), 0
 
 
 def _use_winograd(x, w, up):
@@ -332,11 +322,8 @@ def modulated_conv2d_cpu(x, weight, styles, demodulate=True, up=1, resample_filt
         d = torch.rsqrt(styles.to(y_dtype).square() @ sq.t() + eps)
     # Without gradients (generation, apply) the epilogue runs inside the kernel that writes the layer's output
     # ([N, Cout, H * up, W * up]), on each row while it is in cache: one pass less over the largest tensors.
-    # Under torch.func transforms (vmap) the kernels are reached through the autograd Functions, whose vmap
-    # rules batch them.
     fused = None
-    if skip is None and not (torch.is_grad_enabled() and (x.requires_grad or styles.requires_grad)) and \
-            not torch._C._are_functorch_transforms_active():
+    if skip is None and not (torch.is_grad_enabled() and (x.requires_grad or styles.requires_grad)):
         fused = _epilogue_args((x.shape[0], w.shape[0], x.shape[2] * up, x.shape[3] * up), y_dtype, d, noise,
                                bias, act, alpha, gain, clamp)
     out = None

@@ -25,6 +25,7 @@ largest logit; the tests bound it by 2e-2 against the float64 reference.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .. import backend
 from . import _vmap
@@ -224,9 +225,8 @@ class _SegHeadFunction(torch.autograd.Function):
                     gm = gs[..., start:start + (s.stop - s.start)]
                 else:
                     gm = torch.matmul(gs, stack.w1[:, s])  # dL/dx_m = dL/dP W1_m, at source resolution
-                full = gs.new_zeros(ctx.shapes[i], dtype=ctx.dtypes[i])
-                full[:, :, r0:r1, c0:c1] = gm.permute(0, 3, 1, 2)
-                grads[i] = full
+                h, w = ctx.shapes[i][2:]  # zero outside the window (padded, not written into: vmap-friendly)
+                grads[i] = F.pad(gm.permute(0, 3, 1, 2), (c0, w - c1, r0, h - r1)).to(ctx.dtypes[i])
         return (None, *grads)
 
     @staticmethod
