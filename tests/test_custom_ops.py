@@ -105,3 +105,86 @@ def test_seg_head_public_op_takes_indices_and_masks_alike():
     torch.testing.assert_close(by_index, by_mask)
     with pytest.raises(ValueError, match="sorted, unique"):
         seg_head(features, members, 8, region=torch.tensor([3, 2]))
+
+
+# ------------------------------------------------------------------- the native kernels below the custom ops
+NATIVE_OPS = ("epilogue_forward", "epilogue_backward", "fir_separable", "winograd_conv", "seg_head_forward",
+              "seg_head_backward")
+
+
+class _Spy:
+    """Stands for torch.ops.editgan_fast in the cpu backend's modules and records each kernel call's arguments."""
+
+    def __init__(self, calls):
+        self.calls = calls
+
+    def __getattr__(self, name):
+        op = getattr(torch.ops.editgan_fast, name)
+
+        def call(*args):
+            detach = lambda a: a.detach() if isinstance(a, torch.Tensor) else a
+            detached = [[detach(t) for t in a] if isinstance(a, list) else detach(a) for a in args]
+            self.calls.setdefault(name, []).append(detached)
+            return op(*args)
+        return call
+
+
+@pytest.fixture(scope="module")
+def native_calls():
+    """Each native kernel's arguments as the cpu backend passes them: modulated_conv2d through the Winograd
+    kernels (up 1 and 2) with gradients and fused without, the ToRGB epilogue with its skip, seg_head with a
+    projected and a direct group, forward and backward; and fir_separable reading bf16."""
+    from editgan_fast.ops import _cpu_layers, _cpu_seg, modulated_conv2d, seg_head
+    calls = {}
+    spy = _Spy(calls)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_cpu_layers, "_native", lambda: spy)
+        mp.setattr(_cpu_seg, "_ops", lambda: spy)
+        f = setup_filter([1, 3, 3, 1])
+        x = _rand(1, 64, 16, 16, seed=0, dtype=torch.float32, requires_grad=True)
+        styles = _rand(1, 64, seed=1, dtype=torch.float32, requires_grad=True)
+        weight = _rand(64, 64, 3, 3, seed=2, dtype=torch.float32) / 24
+        noise = _rand(1, 1, 32, 32, seed=3, dtype=torch.float32)
+        with backend.use_backend("cpu"):
+            for up in (1, 2):
+                for grad in (True, False):
+                    with torch.set_grad_enabled(grad):
+                        out = modulated_conv2d(x, weight, styles, up=up, resample_filter=f,
+                                               noise=noise[..., :16 * up, :16 * up], bias=weight[:, 0, 0, 0],
+                                               act="lrelu")
+                    if grad:
+                        out.sum().backward()
+            skip = _rand(1, 3, 8, 8, seed=4, dtype=torch.float32, requires_grad=True)
+            rgb = modulated_conv2d(x, weight[:3, :, :1, :1], styles, demodulate=False, resample_filter=f, skip=skip)
+            rgb.sum().backward()
+            features = [_rand(1, 3, 4, 4, seed=5, requires_grad=True), _rand(1, 2, 8, 8, seed=6, requires_grad=True)]
+            members = [_member(5, 4, seed) for seed in (2, 3)]
+            seg_head(features, members, 8, region=_rand(8, 8, seed=7) > 1).sum().backward()  # a small region
+            seg_head(features, members, 8).sum().backward()
+        spy.fir_separable(_rand(1, 2, 6, 5, seed=8, dtype=torch.bfloat16), f, 2, 1)
+    return calls
+
+
+@pytest.mark.parametrize("name", NATIVE_OPS)
+def test_native_op_fake_kernel_and_vmap_rule(native_calls, name):
+    """opcheck per captured call (schema, fake kernel against the real one, AOT dispatch), and vmap over a batch
+    of two calls equals the calls one by one."""
+    calls = native_calls[name]
+    assert calls, f"the cpu backend made no {name} call"
+    op = getattr(torch.ops.editgan_fast, name).default
+    for args in calls:
+        _opcheck(op, tuple(args))
+    args = calls[0]
+    batched = [torch.stack([a, 2 * a]) if i == 0 and isinstance(a, torch.Tensor) else a for i, a in enumerate(args)]
+    if name == "seg_head_forward":
+        batched[0] = [torch.stack([s, 2 * s]) for s in args[0]]
+    in_dims = tuple([0] * len(args[0]) if i == 0 and name == "seg_head_forward" else 0 if i == 0 else None
+                    for i in range(len(args)))
+    got = torch.func.vmap(lambda *a: op(*a), in_dims=in_dims)(*batched)
+    for k in range(2):
+        one = [[s[k] for s in a] if i == 0 and name == "seg_head_forward" else a[k] if i == 0 else a
+               for i, a in enumerate(batched)]
+        want = op(*one)
+        for g, w in zip(got if isinstance(got, (list, tuple)) else [got], want if isinstance(want, (list, tuple))
+                        else [want]):
+            torch.testing.assert_close(g[k], w)
