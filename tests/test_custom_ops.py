@@ -23,6 +23,12 @@ def _opcheck(op, args):
     assert set(result.values()) == {"SUCCESS"}, result
 
 
+def _opcheck_grad(op, grad_out, args):
+    """opcheck of a `<op>_grad` op (first-order only: its inputs do not require grad)."""
+    detach = lambda a: a.detach() if isinstance(a, torch.Tensor) else a
+    _opcheck(op, (grad_out, *[[detach(t) for t in a] if isinstance(a, list) else detach(a) for a in args]))
+
+
 def _check_grads(op_out, ref_out, inputs, atol):
     """Output and input gradients of the custom op equal the reference's, for one random output gradient."""
     torch.testing.assert_close(op_out, ref_out.to(op_out.dtype), atol=atol, rtol=atol)
@@ -47,6 +53,7 @@ def test_modulated_conv2d(up, skip):
             1.0 if skip else 2 ** 0.5, None, 1e-8, None)
     _opcheck(_library.modulated_conv2d, args)
     out = _library.modulated_conv2d(*args)
+    _opcheck_grad(_library.modulated_conv2d_grad, _rand(*out.shape, seed=6), args)
     ref = modulated_conv2d_reference(x, weight, styles, demodulate=not skip, up=up, resample_filter=f,
                                      noise=None if skip else noise, bias=bias, act=act, skip=skip_t)
     _check_grads(out, ref, [t for t in (x, styles, skip_t) if t is not None], atol=1e-9)
@@ -57,6 +64,7 @@ def test_bias_act():
     b = _rand(3, seed=1)
     args = (x, b, 1, "lrelu", 0.2, 2 ** 0.5, 0.7, None)
     _opcheck(_library.bias_act, args)
+    _opcheck_grad(_library.bias_act_grad, _rand(*x.shape, seed=2), args)
     _check_grads(_library.bias_act(*args), bias_act_reference(x, b, act="lrelu", clamp=0.7), [x], atol=1e-12)
 
 
@@ -67,6 +75,7 @@ def test_upfirdn2d(up, down, padding):
     args = (x, f, up, down, padding, False, float(up * up), None)
     _opcheck(_library.upfirdn2d, args)
     ref = upfirdn2d_reference(x, f, up=up, down=down, padding=padding, gain=up * up)
+    _opcheck_grad(_library.upfirdn2d_grad, _rand(*ref.shape, seed=2), args)
     _check_grads(_library.upfirdn2d(*args), ref, [x], atol=1e-12)
 
 
@@ -89,6 +98,7 @@ def test_seg_head(region):
     _opcheck(_library.seg_head, args)
     ref = seg_head_reference(features, members, (8, 8), crop=tuple(crop), region=mask)
     out = _library.seg_head(*args)
+    _opcheck_grad(_library.seg_head_grad, _rand(*out.shape, seed=6), args)
     if not region:
         out, ref = out.flatten(2), ref.flatten(2)
     _check_grads(out, ref, features, atol=1e-9)

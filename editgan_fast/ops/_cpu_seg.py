@@ -226,7 +226,8 @@ class _SegHeadFunction(torch.autograd.Function):
                 else:
                     gm = torch.matmul(gs, stack.w1[:, s])  # dL/dx_m = dL/dP W1_m, at source resolution
                 h, w = ctx.shapes[i][2:]  # zero outside the window (padded, not written into: vmap-friendly)
-                grads[i] = F.pad(gm.permute(0, 3, 1, 2), (c0, w - c1, r0, h - r1)).to(ctx.dtypes[i])
+                grads[i] = F.pad(gm.permute(0, 3, 1, 2), (c0, w - c1, r0, h - r1)).to(
+                    ctx.dtypes[i], memory_format=torch.contiguous_format)  # NCHW, as the features
         return (None, *grads)
 
     @staticmethod
