@@ -20,7 +20,7 @@ def _items(arg, dim):
 
 def _logical_batch(t: torch.Tensor, dim: int | None) -> int:
     """dim 0 of `t` as one vmapped call sees it (the vmapped dimension removed)."""
-    return t.shape[1 if dim == 0 else 0]
+    return t.shape[1 if dim is not None and dim % t.dim() == 0 else 0]
 
 
 def _fold_one(t, dim, b, n):
