@@ -1,5 +1,6 @@
-"""The cpu backend's torch.library custom ops (editgan_fast/ops/_library.py): opcheck per op (schema, fake
-kernel, autograd registration, AOT dispatch), and each op's value and gradients against the reference."""
+"""The cpu backend's torch.library custom ops (editgan_fast/ops/_library.py): opcheck per op and per `<op>_grad`
+(schema, fake kernel, autograd registration, AOT dispatch), each op's value and gradients against the reference,
+and its vmap rule against a loop; and the native kernels below them: opcheck and vmap rule of each."""
 import pytest
 import torch
 
@@ -29,6 +30,27 @@ def _opcheck_grad(op, grad_out, args):
     _opcheck(op, (grad_out, *[[detach(t) for t in a] if isinstance(a, list) else detach(a) for a in args]))
 
 
+@pytest.fixture
+def no_vmap_fallback():
+    """vmap must use the registered rules: PyTorch's per-sample fallback loop raises instead."""
+    torch._C._functorch._set_vmap_fallback_enabled(False)
+    yield
+    torch._C._functorch._set_vmap_fallback_enabled(True)
+
+
+def _check_vmap(op, args, positions):
+    """vmap of the op over two batches of the (tensor or tensor-list) arguments at `positions` equals two calls."""
+    scale = lambda a, k: [t.detach() * (1 + k) for t in a] if isinstance(a, list) else a.detach() * (1 + k)
+    calls = [[scale(a, k) if i in positions else a for i, a in enumerate(args)] for k in range(2)]
+    stacked = [([torch.stack(ts) for ts in zip(*(c[i] for c in calls))] if isinstance(a, list) else
+                torch.stack([c[i] for c in calls])) if i in positions else a for i, a in enumerate(args)]
+    in_dims = tuple(([0] * len(a) if isinstance(a, list) else 0) if i in positions else None
+                    for i, a in enumerate(args))
+    with torch.no_grad():
+        got = torch.func.vmap(op, in_dims=in_dims)(*stacked)
+        torch.testing.assert_close(got, torch.stack([op(*c) for c in calls]))
+
+
 def _check_grads(op_out, ref_out, inputs, atol):
     """Output and input gradients of the custom op equal the reference's, for one random output gradient."""
     torch.testing.assert_close(op_out, ref_out.to(op_out.dtype), atol=atol, rtol=atol)
@@ -40,7 +62,7 @@ def _check_grads(op_out, ref_out, inputs, atol):
 
 
 @pytest.mark.parametrize("up,skip", [(1, False), (2, False), (1, True)])
-def test_modulated_conv2d(up, skip):
+def test_modulated_conv2d(up, skip, no_vmap_fallback):
     x = _rand(2, 5, 6, 6, seed=0, requires_grad=True)
     weight = _rand(4, 5, 3 if not skip else 1, 3 if not skip else 1, seed=1)
     styles = _rand(2, 5, seed=2, requires_grad=True)
@@ -54,28 +76,31 @@ def test_modulated_conv2d(up, skip):
     _opcheck(_library.modulated_conv2d, args)
     out = _library.modulated_conv2d(*args)
     _opcheck_grad(_library.modulated_conv2d_grad, _rand(*out.shape, seed=6), args)
+    _check_vmap(_library.modulated_conv2d, args, positions=(0, 2, 7) if skip else (0, 2))  # x, styles, skip
     ref = modulated_conv2d_reference(x, weight, styles, demodulate=not skip, up=up, resample_filter=f,
                                      noise=None if skip else noise, bias=bias, act=act, skip=skip_t)
     _check_grads(out, ref, [t for t in (x, styles, skip_t) if t is not None], atol=1e-9)
 
 
-def test_bias_act():
+def test_bias_act(no_vmap_fallback):
     x = _rand(2, 3, 4, 5, seed=0, requires_grad=True)
     b = _rand(3, seed=1)
     args = (x, b, 1, "lrelu", 0.2, 2 ** 0.5, 0.7, None)
     _opcheck(_library.bias_act, args)
     _opcheck_grad(_library.bias_act_grad, _rand(*x.shape, seed=2), args)
+    _check_vmap(_library.bias_act, args, positions=(0,))
     _check_grads(_library.bias_act(*args), bias_act_reference(x, b, act="lrelu", clamp=0.7), [x], atol=1e-12)
 
 
 @pytest.mark.parametrize("up,down,padding", [(2, 1, [2, 1, 2, 1]), (1, 2, [1, 1, 1, 1])])
-def test_upfirdn2d(up, down, padding):
+def test_upfirdn2d(up, down, padding, no_vmap_fallback):
     x = _rand(2, 3, 7, 6, seed=0, requires_grad=True)
     f = setup_filter([1, 3, 3, 1], dtype=torch.float64)
     args = (x, f, up, down, padding, False, float(up * up), None)
     _opcheck(_library.upfirdn2d, args)
     ref = upfirdn2d_reference(x, f, up=up, down=down, padding=padding, gain=up * up)
     _opcheck_grad(_library.upfirdn2d_grad, _rand(*ref.shape, seed=2), args)
+    _check_vmap(_library.upfirdn2d, args, positions=(0,))
     _check_grads(_library.upfirdn2d(*args), ref, [x], atol=1e-12)
 
 
@@ -87,7 +112,7 @@ def _member(dim, classes, seed):
 
 
 @pytest.mark.parametrize("region", [False, True])
-def test_seg_head(region):
+def test_seg_head(region, no_vmap_fallback):
     features = [_rand(2, 3, 4, 4, seed=0, requires_grad=True), _rand(2, 2, 8, 8, seed=1, requires_grad=True)]
     members = [_member(5, 4, seed) for seed in (2, 3)]
     crop = [1, 7, 0, 8]
@@ -99,6 +124,7 @@ def test_seg_head(region):
     ref = seg_head_reference(features, members, (8, 8), crop=tuple(crop), region=mask)
     out = _library.seg_head(*args)
     _opcheck_grad(_library.seg_head_grad, _rand(*out.shape, seed=6), args)
+    _check_vmap(_library.seg_head, args, positions=(0,))
     if not region:
         out, ref = out.flatten(2), ref.flatten(2)
     _check_grads(out, ref, features, atol=1e-9)
@@ -176,7 +202,7 @@ def native_calls():
 
 
 @pytest.mark.parametrize("name", NATIVE_OPS)
-def test_native_op_fake_kernel_and_vmap_rule(native_calls, name):
+def test_native_op_fake_kernel_and_vmap_rule(native_calls, name, no_vmap_fallback):
     """opcheck per captured call (schema, fake kernel against the real one, AOT dispatch), and vmap over a batch
     of two calls equals the calls one by one."""
     calls = native_calls[name]

@@ -30,16 +30,21 @@ def _fold_one(t, dim, b, n):
     return t.expand(b, n, *t.shape[2:]).reshape(b * n, *t.shape[2:]).contiguous()
 
 
-def fold(info, in_dims, args, sample, op: str):
-    """(args with the per-sample tensors at positions `sample` (a tensor or a tensor list each) folded to
-    [B*N, ...], N). N is dim 0 of the first of them; each has N rows or one (broadcast). Raises if any other
-    tensor argument is vmapped."""
+def check_shared(in_dims, args, sample, op: str):
+    """Raise if a tensor argument outside the per-sample positions `sample` is vmapped."""
     for i, (a, d) in enumerate(zip(args, in_dims)):
         if i not in sample and any(isinstance(t, torch.Tensor) and e is not None for t, e in _items(a, d)):
             raise NotImplementedError(
                 f"vmap over {op}: argument {i} is vmapped, but the cpu backend takes it as shared by the whole batch "
                 f"(a frozen weight, filter or bias); vmap over the inputs and styles only, or use the reference "
                 f"backend")
+
+
+def fold(info, in_dims, args, sample, op: str):
+    """(args with the per-sample tensors at positions `sample` (a tensor or a tensor list each) folded to
+    [B*N, ...], N). N is dim 0 of the first of them; each has N rows or one (broadcast). Raises if any other
+    tensor argument is vmapped."""
+    check_shared(in_dims, args, sample, op)
     b = info.batch_size
     n = next(_logical_batch(t, e) for i in sample if i < len(args) for t, e in _items(args[i], in_dims[i])
              if t is not None)
