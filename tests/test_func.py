@@ -16,6 +16,14 @@ from factories import small_generator
 pytestmark = pytest.mark.skipif(not backend.available("cpu"), reason="native extension not built")
 
 
+@pytest.fixture(autouse=True)
+def no_vmap_fallback():
+    """vmap must use the native kernels' rules: PyTorch's per-sample fallback loop raises instead."""
+    torch._C._functorch._set_vmap_fallback_enabled(False)
+    yield
+    torch._C._functorch._set_vmap_fallback_enabled(True)
+
+
 def _rand(*shape, seed, dtype=torch.float64):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
