@@ -1,13 +1,15 @@
-"""torch.compile vs eager on the cpu backend: synthesis and Editor.apply of the demo model (`random_editor(0)`,
-128 px), medians of the same run, the compile time of each, and what inductor makes of the graph around the
-custom ops.
+"""torch.compile vs eager on the cpu backend: synthesis, Editor.apply and one refinement step (the editing
+objective's forward and its gradient w.r.t. w+) of the demo model (`random_editor(0)`, 128 px), the compile time
+of each, and what inductor makes of the graph around the custom ops.
 
     python bench/compile.py [--repeats N] [--threads N]
 
-Eager and compiled runs alternate (one of each per repeat), so that a shared machine's load swings hit both
-alike; the table gives the median and, in brackets, the fastest run (the least disturbed one on a loaded machine). "compile" is the first call of the compiled function (trace + inductor code generation + the first run).
-"fused" counts the traced graph's nodes: the custom ops (editgan_fast::*, opaque to inductor) and the ATen
-ops between them, and the kernels inductor generated for those ATen ops.
+Eager and compiled runs come in pairs whose order alternates (eager first, then compiled first, ...), so that a
+shared machine's load swings and any order effect hit both alike. The table gives each side's median time and,
+per case, the median of the pairs' eager/compiled ratios with their interquartile range: a speedup whose range
+straddles 1.00x is no speedup. "compile" is the first call of the compiled function (trace + inductor code
+generation + the first run). "graph" counts the traced (forward) graph's nodes: the custom ops (editgan_fast::*,
+opaque to inductor) and the ATen ops between them, and the kernels inductor generated for the whole case.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import os
 import statistics
 import sys
 import time
+import warnings
 
 import torch
 
@@ -23,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from editgan_fast import backend  # noqa: E402
 from editgan_fast.editor import random_editor  # noqa: E402
+from editgan_fast.editor.demo import paint_enlarge  # noqa: E402
 
 
 class GraphCensus:
@@ -44,37 +48,40 @@ class GraphCensus:
         return compile_fx(gm, example_inputs)
 
 
-def timed_compile(fn, *args):
-    """(compiled fn, seconds of its first call, census, inductor kernels generated)."""
+def timed_compile(fn, *args, first_call=None):
+    """(compiled fn, seconds of its first call, census, inductor kernels generated). `first_call(compiled)` makes
+    that call (default: compiled(*args)); a step that differentiates includes the backward's compilation."""
     from torch._inductor import metrics
     torch._dynamo.reset()
     metrics.reset()
     census = GraphCensus()
     compiled = torch.compile(fn, fullgraph=True, backend=census)
     t0 = time.perf_counter()
-    compiled(*args)
+    (first_call or (lambda c: c(*args)))(compiled)
     return compiled, time.perf_counter() - t0, census, metrics.generated_kernel_count
 
 
 def interleaved_times(first, second, repeats):
-    """Seconds of each run of first() and second(), timed alternately after one warm-up call each."""
+    """Seconds of each run of first() and second(), timed in pairs of alternating order after one warm-up call
+    each."""
     first(), second()
     times = ([], [])
-    for _ in range(repeats):
-        for fn, out in zip((first, second), times):
+    for i in range(repeats):
+        for k in ((0, 1) if i % 2 == 0 else (1, 0)):
             t0 = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t0)
+            (first, second)[k]()
+            times[k].append(time.perf_counter() - t0)
     return times
 
 
 def row(label, times, compile_s, census, kernels):
     eager, compiled = times
-    ms = lambda t: f"{statistics.median(t) * 1e3:7.1f} ({min(t) * 1e3:6.1f})"  # noqa: E731
-    ratio = f"{statistics.median(eager) / statistics.median(compiled):5.2f}x ({min(eager) / min(compiled):4.2f}x)"
+    ratios = [e / c for e, c in zip(eager, compiled)]
+    q1, median, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    ms = lambda t: f"{statistics.median(t) * 1e3:7.1f}"  # noqa: E731
     custom = ", ".join(f"{n.split('.')[1]} x{c}" for n, c in sorted(census.custom.items()))
-    return (f"{label:<22} {ms(eager)} {ms(compiled)} {ratio} {compile_s:9.1f}   {custom}; {census.aten} ATen ops "
-            f"-> {kernels} inductor kernels")
+    return (f"{label:<22} {ms(eager):>9} {ms(compiled):>12} {median:5.2f}x [{q1:.2f}, {q3:.2f}] {compile_s:9.1f}   "
+            f"{custom}; {census.aten} ATen ops -> {kernels} inductor kernels")
 
 
 def main(argv=None):
@@ -90,7 +97,8 @@ def main(argv=None):
     styles = [s.detach() for s in g.styles(latent.wplus[None])]
     print(f"torch {torch.__version__}, {args.threads} threads, cpu backend, generator {g.resolution} px, "
           f"{args.repeats} runs each")
-    print(f"{'case':<22} {'eager ms (min)':>16} {'compiled ms (min)':>17} {'speedup (min)':>15} {'compile s':>9}   graph")
+    print(f"{'case':<22} {'eager ms':>9} {'compiled ms':>12} {'eager/compiled [IQR]':>20} {'compile s':>9}   graph")
+    print(f"load average before: {os.getloadavg()[0]:.1f}")
     with backend.use_backend("cpu"), torch.no_grad():
         synthesis = lambda s: g.synthesis_from_styles(s)  # noqa: E731
         compiled, compile_s, census, kernels = timed_compile(synthesis, styles)
@@ -103,6 +111,19 @@ def main(argv=None):
         eager = random_editor(0, progress=False)
         times = interleaved_times(lambda: eager.apply(latent, {}), lambda: editor.apply(latent, {}), args.repeats)
         print(row("apply (synthesis+seg)", times, compile_s, census, kernels))
+
+    with backend.use_backend("cpu"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the demo model has no LPIPS weights: the objective says so
+        edited, _ = paint_enlarge(editor.segment(latent)[0], iterations=2)
+        objective = editor.edit_objective(latent, edited)
+
+        def step(fn):
+            w = latent.wplus.clone().requires_grad_(True)
+            return torch.autograd.grad(fn(w)[0], w)[0]
+        compiled, compile_s, census, kernels = timed_compile(objective, first_call=step)
+        times = interleaved_times(lambda: step(objective), lambda: step(compiled), args.repeats)
+        print(row("refinement step (f+b)", times, compile_s, census, kernels))
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

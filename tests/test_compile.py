@@ -114,3 +114,20 @@ def test_export_synthesis_from_styles(models, name):
             assert "editgan_fast.modulated_conv2d.default" in targets
         styles = _styles(g, 1)
         _close(program.module()(*styles), module(*styles))
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_vmap_over_latents_compiles_to_one_graph(models, name):
+    """torch.func.vmap of synthesis inside torch.compile: on the cpu backend each custom op's vmap rule folds the
+    vmapped latents into its batch (PyTorch's per-sample fallback loop is disabled, so using it would raise)."""
+    g, _ = models
+    compiled = _compiled(torch.func.vmap(g.synthesis))
+    wplus = torch.randn(3, 1, g.num_ws, g.style_dim, generator=torch.Generator().manual_seed(0))
+    torch._C._functorch._set_vmap_fallback_enabled(False)
+    try:
+        with backend.use_backend(name), torch.no_grad():
+            got = compiled(wplus)
+            want = torch.stack([g.synthesis(w) for w in wplus])
+    finally:
+        torch._C._functorch._set_vmap_fallback_enabled(True)
+    _close(got, want)

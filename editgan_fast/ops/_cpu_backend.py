@@ -29,7 +29,7 @@ def unavailable_reason():
 
 OPS = {}
 if _native_error() is None:
-    from . import _cpu_isa
+    from . import _cpu_isa, _native_ops  # noqa: F401 (_native_ops registers fake kernels and vmap rules)
     _cpu_isa.apply_environment()  # EDITGAN_FAST_CPU_ISA / EDITGAN_FAST_BF16_PRODUCTS; a bad value is an error here
     for _name in _GROUPS:
         try:

@@ -56,11 +56,17 @@ def _native():
 class _Epilogue(torch.autograd.Function):
     """out = bias_act(y * d + noise, bias) + residual, natively; grads for y, d and residual."""
 
+    generate_vmap_rule = True  # the native kernels have vmap rules (ops/_native_ops.py)
+
     @staticmethod
-    def forward(ctx, y, d, noise, bias, residual, act, alpha, gain, clamp):
-        ctx.save_for_backward(y, d, noise, bias)
-        ctx.params = (act, alpha, gain, clamp)
+    def forward(y, d, noise, bias, residual, act, alpha, gain, clamp):
         return _native().epilogue_forward(y, d, noise, bias, residual, act, alpha, gain, clamp)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        y, d, noise, bias, _, *params = inputs
+        ctx.save_for_backward(y, d, noise, bias)
+        ctx.params = tuple(params)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -92,11 +98,17 @@ class SeparableFir(torch.autograd.Function):
     """Native separable FIR with zero padding (csrc/cpu/fir.cpp); its adjoint is itself, taps reversed.
     A bf16 x gives a float32 result (taps float32); its gradient is returned in bf16."""
 
+    generate_vmap_rule = True  # the native kernels have vmap rules (ops/_native_ops.py)
+
     @staticmethod
-    def forward(ctx, x, taps, pad0, pad1):
+    def forward(x, taps, pad0, pad1):
+        return _native().fir_separable(x, taps, pad0, pad1)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, taps, pad0, pad1 = inputs
         ctx.save_for_backward(taps)
         ctx.pads, ctx.x_dtype = (pad0, pad1), x.dtype
-        return _native().fir_separable(x, taps, pad0, pad1)
 
     @staticmethod
     def backward(ctx, grad):
@@ -225,12 +237,18 @@ class Winograd3x3(torch.autograd.Function):
     transforms, s [N, C] scaling the input channels inside the input transform. The gradient of x * s comes from
     Winograd with the adjoint weight (up=1) or the stride-2 convolution (up=2). w is frozen."""
 
+    generate_vmap_rule = True  # the native kernels have vmap rules (ops/_native_ops.py)
+
     @staticmethod
-    def forward(ctx, x, s, w, up):
-        ctx.save_for_backward(x, s)
-        ctx.weight, ctx.up = w, up
+    def forward(x, s, w, up):
         spec = SAME_3X3 if up == 1 else TRANSPOSED_3X3_UP2
         return winograd_conv(x, _winograd_u[spec].get(w), spec, scale=s)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, s, w, up = inputs
+        ctx.save_for_backward(x, s)
+        ctx.weight, ctx.up = w, up
 
     @staticmethod
     def backward(ctx, grad):

@@ -25,8 +25,10 @@ largest logit; the tests bound it by 2e-2 against the float64 reference.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .. import backend
+from . import _vmap
 from ._cpu_isa import native_bf16_products
 from .seg_head import crop_box
 
@@ -173,13 +175,15 @@ def _project_bf16(features, g, stack, out):
 
 
 class _SegHeadFunction(torch.autograd.Function):
+    """Returns (logits, *sources, *direct weights): the kernel's inputs built from the features come out as
+    non-differentiable outputs so that setup_context saves them for the backward (the form torch.func needs)."""
+
     @staticmethod
-    def forward(ctx, plan, *features):
+    def forward(plan, *features):
         stack, groups, ys, xs, out_size, mode, dtype, storage = plan
         n = features[0].shape[0]
         if ys.numel() == 0:
-            ctx.plan, ctx.shapes, ctx.dtypes = plan, [f.shape for f in features], [f.dtype for f in features]
-            return features[0].new_zeros((n, stack.num_classes, 0), dtype=dtype)
+            return (features[0].new_zeros((n, stack.num_classes, 0), dtype=dtype),)
         sources, direct = [], []
         for g in groups:
             if g.direct:
@@ -188,20 +192,30 @@ class _SegHeadFunction(torch.autograd.Function):
             else:
                 sources.append(_project(features, g, stack, dtype, storage))
                 direct.append(torch.empty(0, dtype=dtype))
-        bf16_products = storage == torch.bfloat16 and native_bf16_products()
-        args = _kernel_args(groups, sources, direct, ys, xs, out_size, mode, stack, bf16_products)
-        ctx.plan, ctx.args = plan, args
-        ctx.shapes, ctx.dtypes = [f.shape for f in features], [f.dtype for f in features]
-        return _ops().seg_head_forward(*args)
+        args = _kernel_args(groups, sources, direct, ys, xs, out_size, mode, stack, _bf16_products(storage))
+        return (_ops().seg_head_forward(*args), *sources, *direct)
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def setup_context(ctx, inputs, output):
+        plan, *features = inputs
+        ctx.plan, ctx.shapes, ctx.dtypes = plan, [f.shape for f in features], [f.dtype for f in features]
+        ctx.mark_non_differentiable(*output[1:])
+        ctx.set_materialize_grads(False)  # no zero gradients of the (large) sources
+        ctx.save_for_backward(*output[1:])
+
+    @staticmethod
+    def backward(ctx, grad_out, *_):
         stack, groups, ys, xs, out_size, mode, dtype, storage = ctx.plan
         grads = [None] * len(ctx.shapes)
+        if grad_out is None:  # grads are not materialized: the logits got none either
+            return (None, *grads)
         if ys.numel() == 0:
             grads = [grad_out.new_zeros(s, dtype=d) for s, d in zip(ctx.shapes, ctx.dtypes)]
             return (None, *grads)
-        source_grads = _ops().seg_head_backward(grad_out.to(dtype).contiguous(), *ctx.args)
+        saved = ctx.saved_tensors
+        args = _kernel_args(groups, list(saved[:len(groups)]), list(saved[len(groups):]), ys, xs, out_size, mode,
+                            stack, _bf16_products(storage))
+        source_grads = _ops().seg_head_backward(grad_out.to(dtype).contiguous(), *args)
         for g, gs in zip(groups, source_grads):
             r0, r1, c0, c1 = g.window
             for i, s, start in zip(g.maps, g.col_slices, _starts(g.col_slices)):
@@ -211,10 +225,22 @@ class _SegHeadFunction(torch.autograd.Function):
                     gm = gs[..., start:start + (s.stop - s.start)]
                 else:
                     gm = torch.matmul(gs, stack.w1[:, s])  # dL/dx_m = dL/dP W1_m, at source resolution
-                full = gs.new_zeros(ctx.shapes[i], dtype=ctx.dtypes[i])
-                full[:, :, r0:r1, c0:c1] = gm.permute(0, 3, 1, 2)
-                grads[i] = full
+                h, w = ctx.shapes[i][2:]  # zero outside the window (padded, not written into: vmap-friendly)
+                grads[i] = F.pad(gm.permute(0, 3, 1, 2), (c0, w - c1, r0, h - r1)).to(
+                    ctx.dtypes[i], memory_format=torch.contiguous_format)  # NCHW, as the features
         return (None, *grads)
+
+    @staticmethod
+    def vmap(info, in_dims, plan, *features):
+        features, n = _vmap.fold(info, in_dims[1:], features, range(len(features)), "the cpu seg_head")
+        out = _SegHeadFunction.apply(plan, *features)
+        sources = len(out) // 2  # as many sources (batched) as direct weights (shared)
+        return ((*(_vmap.unfold(info, t, n) for t in out[:1 + sources]), *out[1 + sources:]),
+                (0,) * (1 + sources) + (None,) * sources)
+
+
+def _bf16_products(storage):
+    return storage == torch.bfloat16 and native_bf16_products()
 
 
 def _starts(col_slices):
@@ -282,7 +308,7 @@ def seg_head_cpu(features, members, out_size, crop=None, mode="bilinear", region
     for band_ys, band_xs in _bands(features, out_size, mode, ys, xs, eh1, storage):
         groups = _plan_groups(features, out_size, mode, band_ys, band_xs, eh1) if band_ys.numel() else []
         plan = (stack, groups, band_ys, band_xs, out_size, mode, dtype, storage)
-        pieces.append(_SegHeadFunction.apply(plan, *features))
+        pieces.append(_SegHeadFunction.apply(plan, *features)[0])
     logits = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
     if region is None:
         logits = logits.reshape(logits.shape[0], logits.shape[1], box[1] - box[0], box[3] - box[2])

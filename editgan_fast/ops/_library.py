@@ -13,6 +13,11 @@ its output, so nothing else survives to the backward). Gradients flow to what th
 x, styles and skip of modulated_conv2d, x of bias_act and upfirdn2d, the feature maps of seg_head; weights,
 biases, filters and classifier members are frozen.
 
+vmap (`register_vmap`): the vmapped dimension is folded into the op's batch (ops/_vmap.py), so a compiled
+`torch.func.vmap` over synthesis calls each op once for the whole vmapped batch. `torch.func.grad` cannot go
+through these ops: torch 2.13's `register_autograd` builds an autograd Function without `setup_context`, which
+functorch refuses (eager calls reach the cpu backend's own Functions, which have it).
+
 `mode` is the backend's dtype selection (None, torch.float32 or torch.bfloat16) at the time of the call: the
 kernel runs under exactly that selection, so a compiled graph does not depend on the caller's context later.
 """
@@ -24,6 +29,7 @@ import weakref
 import torch
 
 from .. import backend
+from . import _vmap
 
 _AUTOGRAD_KEYS = tuple(getattr(torch._C.DispatchKey, k) for k in (
     "AutogradFunctionality", "AutogradOther", "AutogradNestedTensor") if hasattr(torch._C.DispatchKey, k))
@@ -93,6 +99,15 @@ def _nothing(like):
     return like.new_empty(0)
 
 
+def _register_folding_vmap(op, name, sample):
+    """vmap of `op`: its per-sample arguments at positions `sample` folded into the batch, one call."""
+    def rule(info, in_dims, *args):
+        args, n = _vmap.fold(info, in_dims, args, sample, name)
+        return _vmap.unfold(info, op(*args), n), 0
+
+    op.register_vmap(rule)
+
+
 # ---------------------------------------------------------------------------------------- modulated_conv2d
 _MC_TENSORS = ("x", "weight", "styles", "resample_filter", "wsq", "noise", "bias", "skip")
 
@@ -149,6 +164,7 @@ def _mc_backward(ctx, grad_out):
 
 
 modulated_conv2d.register_autograd(_mc_backward, setup_context=_mc_setup)
+_register_folding_vmap(modulated_conv2d, "modulated_conv2d", sample=(0, 2, 5, 7))  # x, styles, noise, skip
 
 
 # ------------------------------------------------------------------------------------------------ bias_act
@@ -193,6 +209,14 @@ def _register_first_input_grad(op, grad_op):
 _register_first_input_grad(bias_act, bias_act_grad)
 
 
+@bias_act.register_vmap
+def _(info, in_dims, x, b, dim, *constants):
+    """x's vmapped dimension becomes a new leading one (the bias's `dim` shifts by one): any `dim` works, 0
+    included, which folding into dim 0 would break."""
+    _vmap.check_shared(in_dims, (x, b), (0,), "bias_act")  # so x is the vmapped one
+    return bias_act(x.movedim(in_dims[0], 0), b, dim + 1, *constants), 0
+
+
 # ----------------------------------------------------------------------------------------------- upfirdn2d
 @torch.library.custom_op("editgan_fast::upfirdn2d", mutates_args=(), device_types="cpu")
 def upfirdn2d(x: torch.Tensor, f: torch.Tensor, up: int, down: int, padding: list[int], flip_filter: bool,
@@ -222,6 +246,7 @@ def _(grad_out, x, *rest):
 
 
 _register_first_input_grad(upfirdn2d, upfirdn2d_grad)
+_register_folding_vmap(upfirdn2d, "upfirdn2d", sample=(0,))
 
 
 # ------------------------------------------------------------------------------------------------ seg_head
@@ -336,3 +361,4 @@ def _seg_backward(ctx, grad_out):
 
 
 seg_head.register_autograd(_seg_backward, setup_context=_seg_setup)
+_register_folding_vmap(seg_head, "seg_head", sample=(0,))  # the features; the members and the pixel list are shared
