@@ -96,6 +96,26 @@ def test_grad_equals_the_reference_gradient_float64(name):
         torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-9)
 
 
+@pytest.mark.parametrize("name", ["modulated_conv2d_up2", "modulated_conv2d_torgb"])
+def test_constants_built_under_grad_serve_later_eager_calls(name):
+    """The blur and skip filters are memoized; the first built inside grad must not be grad's (dead) wrapper."""
+    from editgan_fast.ops import _cpu_layers
+    _cpu_layers._blur_taps.cache_clear()
+    _cpu_layers._skip_upsample_filter.cache_clear()
+    _grads(name, torch.float64, "cpu")
+    taps = tuple(_F.tolist())
+    constant = (_cpu_layers._blur_taps(taps, torch.float64) if name.endswith("up2")
+                else _cpu_layers._skip_upsample_filter(taps, 3, torch.float64))
+    assert not torch._C._functorch.is_functorch_wrapped_tensor(constant)
+    constant.data_ptr()  # a dead wrapper has no storage
+    op, tensors = _case(name)
+    with backend.use_backend("cpu"), torch.no_grad():
+        got = op(*tensors)
+    with backend.use_backend("reference"):
+        want = op(*tensors)
+    torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-9)
+
+
 @pytest.mark.parametrize("name", CASES)
 def test_grad_float32_within_its_bound(name):
     """fp32 on the cpu backend against the float64 reference: max error <= 1e-4 of the gradient's largest entry

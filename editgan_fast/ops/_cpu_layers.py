@@ -119,7 +119,19 @@ class SeparableFir(torch.autograd.Function):
         return grad_x.to(ctx.x_dtype), None, None, None
 
 
-@functools.lru_cache(maxsize=64)
+def _constant(fn):
+    """Memoize a small constant tensor built from Python values. It is built with functorch's transforms disabled:
+    built inside torch.func.grad/vmap, it would be that transform's wrapper, storage-less once the transform ends,
+    and every later call would get the dead wrapper."""
+    @functools.lru_cache(maxsize=64)
+    @functools.wraps(fn)
+    def build(*args):
+        with torch._C._DisableFuncTorch():
+            return fn(*args)
+    return build
+
+
+@_constant
 def _blur_taps(taps, dtype, gain=4.0):
     """1-D taps for a true convolution with the normalized filter, each axis carrying sqrt(gain)."""
     f = torch.tensor(taps, dtype=torch.float64)
@@ -146,7 +158,7 @@ class _PerWeightCache:
         return value
 
 
-@functools.lru_cache(maxsize=64)
+@_constant
 def _skip_upsample_filter(taps, channels, dtype):
     """Depthwise 4x4 weight of ToRGB's skip upsampling as a stride-2 transposed convolution:
     conv_transpose(x, g, padding P)[p] = sum_j x[j] g[p + P - 2j] equals zero insertion, padding (pad0, pad1)
