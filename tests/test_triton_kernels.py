@@ -38,6 +38,7 @@ if DEVICE == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("EDITGAN_FAST_TRITON_DEVICE=cuda and EDITGAN_FAST_REQUIRE_GPU=1 but no CUDA device")
     pytest.skip("EDITGAN_FAST_TRITON_DEVICE=cuda but no CUDA device", allow_module_level=True)
 
+FULL = os.environ.get("EDITGAN_FAST_FULL") == "1"
 REL = {torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 4e-2}
 
 
@@ -187,6 +188,88 @@ def test_modulated_conv2d_sees_in_place_weight_updates():
         expected = conv()
     assert_rel(second, expected, REL[torch.float32], "after the in-place update")
     assert not torch.allclose(first, second)
+
+
+def _all_configs():
+    from editgan_fast.kernels import modulated_conv as mc
+    configs = [mc.INTERPRETED] + [c for cc in sorted(mc.CANDIDATES) for c in mc.CANDIDATES[cc]]
+    return list(dict.fromkeys(configs))
+
+
+def _config_id(c):
+    return f"{c.layout}{c.block_p}x{c.block_co}x{c.block_ci}"
+
+
+@pytest.mark.parametrize("config", _all_configs(), ids=_config_id)
+@pytest.mark.parametrize("up", [1, 2] if FULL else [2])
+def test_modulated_conv2d_every_tuning_candidate(config, up, monkeypatch):
+    """Each candidate the tuner may pick on an sm_80 or sm_90 device (their tile sizes, and the "nhwc" layout's
+    pre-pass), forced as the default: a whole layer, forward and backward. Cin = 72 spans two K blocks of 64
+    with a tail (three of 32), 12x12 = 144 pixels two 128-pixel tiles, Cout = 80 two 64-channel tiles."""
+    from editgan_fast.kernels import modulated_conv as mc
+    monkeypatch.setattr(mc, "default_config", lambda device: config)
+    f, w, x, s, noise, bias = conv_case(cin=72, cout=80 if up == 1 else 20, size=12 if up == 1 else 7, up=up)
+
+    def layer(x, s, noise, bias):
+        return modulated_conv2d(x, w.to(x.dtype), s, up=up, resample_filter=f.to(x.dtype), noise=noise,
+                                bias=bias, act="lrelu", clamp=1.0)
+    check(layer, [x, s, noise, bias])
+
+
+@pytest.mark.parametrize("config", _all_configs()[:2], ids=_config_id)
+def test_modulated_conv2d_torgb_every_layout(config, monkeypatch):
+    """ToRGB (1x1, 3 output channels: the channel tile shrinks to 16) in both layouts, with the fused skip."""
+    from editgan_fast.kernels import modulated_conv as mc
+    monkeypatch.setattr(mc, "default_config", lambda device: config)
+    test_modulated_conv2d_torgb_with_fused_skip()
+
+
+def test_modulated_conv2d_tuning_times_every_candidate_once_on_scratch_outputs(monkeypatch):
+    """The tuner path of the launcher, with a fake clock in place of do_bench: every candidate is run (on
+    scratch buffers: the style gradient accumulates with atomics, so a timed run writing the real ds would
+    double it), the fastest is kept per shape class, and a second call times nothing."""
+    from editgan_fast.kernels import autotune
+    from editgan_fast.kernels import modulated_conv as mc
+    configs = (mc.Config("nchw", 64, 32, 16, 4, 2), mc.Config("nhwc", 128, 16, 32, 4, 2))
+    timed = []
+
+    def bench(fn):
+        fn()
+        timed.append(fn)
+        return {0: 2.0, 1: 1.0}[len(timed) % 2 == 0]  # the second candidate is the faster
+
+    monkeypatch.setattr(autotune, "INTERPRET", False)
+    monkeypatch.setattr(mc, "TUNER", autotune.Tuner(bench))
+    monkeypatch.setattr(mc, "candidates", lambda device: configs)
+    f, w, x, s, noise, bias = conv_case(cin=24, cout=20, size=6)
+
+    def layer(x, s, noise, bias):
+        return modulated_conv2d(x, w.to(x.dtype), s, noise=noise, bias=bias, act="lrelu")
+    check(layer, [x, s, noise, bias])  # forward, then the input-gradient launch (ds by atomics): both tuned
+    assert len(timed) == 4 and set(mc.TUNER.chosen().values()) == {configs[1]}
+    check(layer, [x, s, noise, bias])
+    assert len(timed) == 4, "a tuned shape class was timed again"
+
+
+def test_tuner_falls_back_without_timing(monkeypatch):
+    """Tuning off, a single candidate, or candidates that cannot run: the default, or a clear error."""
+    from triton.runtime.errors import OutOfResources
+    from editgan_fast.kernels import autotune
+    monkeypatch.setattr(autotune, "INTERPRET", False)
+    calls = []
+    tuner = autotune.Tuner(lambda fn: calls.append(fn) or 1.0)
+    monkeypatch.setenv("EDITGAN_FAST_AUTOTUNE", "0")
+    assert tuner.choose("k", ("a", "b"), lambda c: None, "a") == "a" and not calls and not tuner.chosen()
+    monkeypatch.delenv("EDITGAN_FAST_AUTOTUNE")
+    assert tuner.choose("k", ("a",), lambda c: None, "a") == "a" and not calls
+
+    def run(c):
+        if c != "b":
+            raise OutOfResources(300000, 232448, "shared memory")
+    tuner = autotune.Tuner(lambda fn: fn() or 1.0)
+    assert tuner.choose("k", ("a", "b"), run, "a") == "b"
+    with pytest.raises(RuntimeError, match="no candidate configuration runs"):
+        tuner.choose("k2", ("a", "c"), run, "a")
 
 
 # ------------------------------------------------------------------------------------------ seg_head
