@@ -57,7 +57,7 @@ class Config(NamedTuple):
 CANDIDATES = {
     80: (Config("nchw", 128, 128, 32, 8, 3), Config("nhwc", 128, 128, 32, 8, 3), Config("nhwc", 128, 64, 32, 4, 4),
          Config("nchw", 64, 64, 32, 4, 3)),
-    90: (Config("nchw", 128, 128, 64, 8, 3), Config("nhwc", 128, 128, 64, 8, 3), Config("nhwc", 128, 64, 64, 4, 4),
+    90: (Config("nchw", 128, 128, 64, 8, 3), Config("nhwc", 128, 64, 64, 4, 4), Config("nhwc", 64, 128, 64, 4, 3),
          Config("nchw", 64, 64, 32, 4, 3)),
 }
 # The interpreter's cost is per program instance, so it gets large pixel tiles (as every kernel here does).
@@ -153,7 +153,8 @@ def modconv_kernel(x_ptr, w_ptr, in_scale_ptr, out_scale_ptr, noise_ptr, bias_pt
     # one int64 base per sample: an int64 [BLOCK_P, BLOCK_CO] address tile would cost twice the registers,
     # and with the fp32 `pre` store beside `out` that spills at 128 x 128 tiles.
     plane = n * COUT * (H * UP * OW)
-    offs = co[None, :] * (H * UP * OW) + (oy * OW + ox)[:, None]
+    opix = oy * OW + ox
+    offs = co[None, :] * (H * UP * OW) + opix[:, None]
     omask = pmask[:, None] & cmask[None, :]
     if STYLE_GRAD:  # dL/ds[n, co] += sum over pixels of x * h (h = acc, before the out-scale s)
         xv = tl.load(xds_ptr + plane + offs, mask=omask, other=0.0).to(tl.float32)
@@ -162,7 +163,7 @@ def modconv_kernel(x_ptr, w_ptr, in_scale_ptr, out_scale_ptr, noise_ptr, bias_pt
     if HAS_OUT_SCALE:
         v = v * tl.load(out_scale_ptr + n * COUT + co, mask=cmask, other=0.0)[None, :]
     if HAS_NOISE:
-        v = v + tl.load(noise_ptr + n * noise_stride_n + oy * OW + ox, mask=pmask, other=0.0).to(tl.float32)[:, None]
+        v = v + tl.load(noise_ptr + n * noise_stride_n + opix, mask=pmask, other=0.0).to(tl.float32)[:, None]
     if HAS_BIAS:
         v = v + tl.load(bias_ptr + co, mask=cmask, other=0.0).to(tl.float32)[None, :]
     if SAVE_PRE:
