@@ -3,7 +3,8 @@
 Forward, per sample n (M = output pixels of one phase, N = Cout, K = Cin * T * T):
     out[n, o, UP*y + py, UP*x + px] = epi( d[n, o] * sum_{i, ty, tx} Wp[py, px, ty, tx, i, o]
                                                    * s[n, i] * x[n, i, y + OFF + ty, x + OFF + tx] )
-- s (styles) scales the input tile as it is loaded, so no per-sample weight is ever built;
+- s (styles) scales the input as it is loaded (layout "nchw") or in a channel-contiguous pre-pass
+  ("nhwc"), so no per-sample weight is ever built;
 - d = rsqrt(sum_i wsq[o, i] s[n, i]^2 + eps) is demodulation from the precomputed wsq = sum_k W^2 (one
   [N, Cin] x [Cin, Cout] product, done by the caller), applied to the accumulator;
 - epi(v) = clamp(act(v + noise + bias) * gain) (+ the 2x upsampled skip, ToRGB's fused skip path).
@@ -19,9 +20,14 @@ input channels), so this kernel computes it too, with in-scale d and out-scale s
 dL/ds (direct) = sum_z x * h, accumulated in the epilogue (STYLE_GRAD). The demodulation term
 dL/ds[n, i] -= s[n, i] sum_o wsq[o, i] d^3 sum_p gv (pre - noise - bias) / d is small and done by the caller.
 
-Cost at 512 px (Cin = Cout = 512 at 64 px ... 64 at 512 px): FLOPs = 2 * N * OH * OW * Cout * Cin * k^2
-(up=2: the same count, the blur is free); minimum bytes = read x + write out + weight once. At Cin=Cout=128,
-512x512, k=3 that is 77 GFLOP and ~130 MiB bf16: ~0.1 ms compute-bound on an H100 at ~790 TFLOP/s bf16.
+Tiling: a program computes BLOCK_P output pixels of one phase x BLOCK_CO output channels; its K loop runs over
+input-channel blocks (outer) and taps (inner), each step one [BLOCK_P, BLOCK_CI] x [BLOCK_CI, BLOCK_CO] dot
+(bf16/fp16 operands, fp32 accumulator; fp32 storage: tf32x3). Block sizes, warps, stages and the layout are
+tuned per shape class on the device (Config, CANDIDATES, launch). Cost per layer (docs/gpu-performance.md):
+FLOPs = 2 * N * OH * OW * Cout * Cin * k^2 (up=2: the same count, the blur is free); DRAM at least x once, out
+once, the packed weight once (4 phases: 4x the weight for up=2); operand traffic into the SMs
+T^2 * Cin * 2 bytes * (BLOCK_P + BLOCK_CO) per tile, i.e. every input element T^2 times per channel tile:
+implicit GEMM without a shared-memory halo, which Triton cannot address.
 """
 from typing import NamedTuple
 
