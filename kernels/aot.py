@@ -86,7 +86,9 @@ def _modconv_variants(dt):
                  torgb_input_grad=(dict(layer, TAPS=1, OFFSET=0, UP=1, HAS_NOISE=False, HAS_BIAS=False, ACT=0,
                                         HAS_CLAMP=False, SAVE_PRE=False, STYLE_GRAD=True, EVEN_CI=False), 3, 512))
     out = []
-    for cc, configs in modulated_conv.CANDIDATES.items():
+    for (cc, size), configs in modulated_conv.CANDIDATES.items():
+        if size != (4 if exact else 2):
+            continue
         for cfg in configs:
             strides = dict(SX_C=1) if cfg.layout == "nhwc" else dict(SX_P=1)
             tag = f"{cfg.layout}{cfg.block_p}x{cfg.block_co}x{cfg.block_ci}w{cfg.num_warps}s{cfg.num_stages}"

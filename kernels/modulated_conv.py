@@ -29,6 +29,7 @@ once, the packed weight once (4 phases: 4x the weight for up=2); operand traffic
 T^2 * Cin * 2 bytes * (BLOCK_P + BLOCK_CO) per tile, i.e. every input element T^2 times per channel tile:
 implicit GEMM without a shared-memory halo, which Triton cannot address.
 """
+import functools
 from typing import NamedTuple
 
 import torch
@@ -55,16 +56,23 @@ class Config(NamedTuple):
     num_stages: int
 
 
-# Candidates per compute capability, timed by the tuner on the device (kernels/autotune.py). Shared memory per
-# stage is (BLOCK_P + BLOCK_CO) * BLOCK_CI * element size: 16 KB (sm_80, K = 32) and 32 KB (sm_90, K = 64) for
-# 128 x 128 bf16 tiles, so 3-4 stages fit in the 164 KB / 228 KB of an A100 / H100. The 64 x 64 tiles are for
-# the small layers (4-16 px), where a 128-pixel tile is mostly masked and more tiles mean more SMs busy.
-# Every candidate compiles for its capability with no register spills (kernels/aot.py, tests/test_triton_aot.py).
+# Candidates per (compute capability, storage element bytes), timed by the tuner on the device
+# (kernels/autotune.py). bf16/fp16: shared memory per stage is (BLOCK_P + BLOCK_CO) * BLOCK_CI * 2 bytes, 16 KB
+# (sm_80, K = 32) and 32 KB (sm_90, K = 64) for 128 x 128 tiles, so 3-4 stages fit in the 164 KB / 228 KB of
+# an A100 / H100. fp32 storage multiplies in tf32x3 (each operand split into two tf32 halves in registers, three
+# dots): K = 16 keeps that within the register file. The 64 x 64 tiles are for the small layers (4-16 px),
+# where a 128-pixel tile is mostly masked and more tiles mean more SMs busy. Every candidate compiles for its
+# capability with no register spills (kernels/aot.py, tests/test_triton_aot.py); a 128 x 128 nhwc tile on
+# sm_90 spills (4 bytes at any stage count), so it is not one.
 CANDIDATES = {
-    80: (Config("nchw", 128, 128, 32, 8, 3), Config("nhwc", 128, 128, 32, 8, 3), Config("nhwc", 128, 64, 32, 4, 4),
-         Config("nchw", 64, 64, 32, 4, 3)),
-    90: (Config("nchw", 128, 128, 64, 8, 3), Config("nhwc", 128, 64, 64, 4, 4), Config("nhwc", 64, 128, 64, 4, 3),
-         Config("nchw", 64, 64, 32, 4, 3)),
+    (80, 2): (Config("nchw", 128, 128, 32, 8, 3), Config("nhwc", 128, 128, 32, 8, 3),
+              Config("nhwc", 128, 64, 32, 4, 4), Config("nchw", 64, 64, 32, 4, 3)),
+    (90, 2): (Config("nchw", 128, 128, 64, 8, 3), Config("nhwc", 128, 64, 64, 4, 4),
+              Config("nhwc", 64, 128, 64, 4, 3), Config("nchw", 64, 64, 32, 4, 3)),
+    (80, 4): (Config("nchw", 128, 128, 16, 8, 3), Config("nhwc", 128, 128, 16, 8, 3),
+              Config("nhwc", 128, 64, 16, 4, 4), Config("nchw", 64, 64, 32, 4, 3)),
+    (90, 4): (Config("nchw", 128, 128, 16, 8, 3), Config("nhwc", 128, 64, 16, 4, 4),
+              Config("nhwc", 64, 128, 16, 4, 3), Config("nchw", 64, 64, 32, 4, 3)),
 }
 # The interpreter's cost is per program instance, so it gets large pixel tiles (as every kernel here does).
 INTERPRETED = Config("nchw", 256, 64, 32, 4, 1)
@@ -73,12 +81,23 @@ PREPASS_P, PREPASS_C = 64, 64
 TUNER = Tuner()
 
 
-def candidates(device):
-    """The candidates for the device: sm_8x gets sm_80's, sm_90 and newer sm_90's; the interpreter one."""
+@functools.lru_cache(maxsize=None)
+def _capability(device):
+    major, _ = torch.cuda.get_device_capability(device)
+    return 80 if major < 9 else 90
+
+
+def candidates(device, dtype):
+    """The candidates for the device and storage dtype: sm_8x gets sm_80's, sm_90 and newer sm_90's; the
+    interpreter one."""
     if INTERPRET or device.type != "cuda":
         return (INTERPRETED,)
-    major, _ = torch.cuda.get_device_capability(device)
-    return CANDIDATES[80 if major < 9 else 90]
+    return CANDIDATES[_capability(device), 4 if dtype == torch.float32 else 2]
+
+
+def default_config(device, dtype):
+    """Without timing (interpreter, tuning off, graph capture): the first candidate."""
+    return candidates(device, dtype)[0]
 
 
 def tiles(cfg, cin, cout):
@@ -88,11 +107,6 @@ def tiles(cfg, cin, cout):
     kernels/aot.py compiles."""
     return (cfg.block_p, min(cfg.block_ci, max(16, triton.next_power_of_2(cin))),
             min(cfg.block_co, max(16, triton.next_power_of_2(cout))))
-
-
-def default_config(device):
-    """Without timing (interpreter, tuning off, graph capture): the first candidate."""
-    return candidates(device)[0]
 
 
 @triton.jit
@@ -303,7 +317,7 @@ def launch(x, packed, up, in_scale=None, out_scale=None, noise=None, bias=None, 
             if not scratch:
                 scratch.extend(outputs())
             run(cfg, *scratch)
-        config = TUNER.choose(key, candidates(x.device), trial, default_config(x.device))
+        config = TUNER.choose(key, candidates(x.device, x.dtype), trial, default_config(x.device, x.dtype))
     out, pre, ds = outputs()
     run(config, out, pre, ds)
     return out, pre, ds

@@ -32,7 +32,9 @@ def _modconv_names(dt, full):
     from editgan_fast.kernels import modulated_conv as mc
     kinds = ("up1", "up2", "torgb", "input_grad", "torgb_input_grad")
     names = {}
-    for cc, configs in mc.CANDIDATES.items():
+    for (cc, size), configs in mc.CANDIDATES.items():
+        if size != (4 if dt == "fp32" else 2):
+            continue
         tags = [f"{c.layout}{c.block_p}x{c.block_co}x{c.block_ci}w{c.num_warps}s{c.num_stages}" for c in configs]
         names[cc] = {f"modconv_{dt}_{kind}_{tag}" for i, tag in enumerate(tags) for kind in kinds
                      if full or i == 0 or kind == "up1"} | {f"modconv_{dt}_channels_last"}
