@@ -19,6 +19,7 @@ from triton.backends.compiler import GPUTarget
 from . import INTERPRET, bias_act, modulated_conv, seg_head, upfirdn2d
 
 FLOAT_ARGS = {"alpha", "gain", "clamp", "inv_e"}
+STORAGE = ("fp32", "bf16", "fp16")
 
 
 class Variant(NamedTuple):
@@ -93,11 +94,11 @@ def _modconv_variants(dt):
             strides = dict(SX_C=1) if cfg.layout == "nhwc" else dict(SX_P=1)
             tag = f"{cfg.layout}{cfg.block_p}x{cfg.block_co}x{cfg.block_ci}w{cfg.num_warps}s{cfg.num_stages}"
             for kind, (flags, cin, cout) in kinds.items():
-                block_p, block_ci, block_co = modulated_conv.tiles(cfg, cin, cout)
+                block_p, block_ci, block_co, num_warps = modulated_conv.tiles(cfg, cin, cout)
                 out.append(Variant(f"modconv_{dt}_{kind}_{tag}", modulated_conv.modconv_kernel, ptrs,
                                    dict(flags, HAS_IN_SCALE=cfg.layout == "nchw", BLOCK_P=block_p,
                                         BLOCK_CI=block_ci, BLOCK_CO=block_co, **strides),
-                                   dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages), (cc,),
+                                   dict(num_warps=num_warps, num_stages=cfg.num_stages), (cc,),
                                    ("CIN", "COUT", "H", "W", "SX_C", "SX_P")))
     out.append(Variant(f"modconv_{dt}_channels_last", modulated_conv.channels_last_kernel,
                        dict(x_ptr=dt, s_ptr="fp32", out_ptr=dt),
@@ -152,12 +153,12 @@ def compile_all(capabilities=(80, 90), dtypes=("fp32", "bf16"), prefixes=()):
 
 
 def main(argv=None):
-    """Arguments: compute capabilities (default 80 90), storage dtypes (fp32 bf16, default both) and variant name
-    prefixes (default all)."""
+    """Arguments: compute capabilities (default 80 90), storage dtypes (fp32 bf16 fp16, default fp32 bf16) and
+    variant name prefixes (default all)."""
     args = argv if argv is not None else sys.argv[1:]
     caps = [int(a) for a in args if a.isdigit()] or [80, 90]
-    dtypes = [a for a in args if a in ("fp32", "bf16")] or ["fp32", "bf16"]
-    prefixes = [a for a in args if not a.isdigit() and a not in ("fp32", "bf16")]
+    dtypes = [a for a in args if a in STORAGE] or ["fp32", "bf16"]
+    prefixes = [a for a in args if not a.isdigit() and a not in STORAGE]
     for name, cc, size, spills in compile_all(caps, dtypes, prefixes):
         print(f"sm_{cc} {name}: cubin {size} bytes, spill stores {spills} bytes")
 

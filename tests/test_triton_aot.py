@@ -67,6 +67,20 @@ def test_every_kernel_compiles_for_sm80_and_sm90():
     assert not spilling, f"register spill stores: {spilling}"
 
 
+@pytest.mark.skipif(not FULL, reason="EDITGAN_FAST_FULL=1: the fp16-storage convolutions (~1.5 min)")
+def test_modulated_conv_fp16_compiles_without_spills():
+    """fp16 storage takes the bf16 candidates (same element size): every variant of each, no spill stores."""
+    proc = subprocess.run([sys.executable, "-m", "editgan_fast.kernels.aot", "80", "90", "fp16", "modconv"],
+                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    spills = {(line.split()[0], line.split()[1].rstrip(":")): int(line.split()[-2])
+              for line in proc.stdout.splitlines()}
+    expected = _modconv_names("fp16", True)
+    for cc in (80, 90):
+        assert {name for arch, name in spills if arch == f"sm_{cc}"} == expected[cc]
+    assert not any(spills.values()), f"register spill stores: {spills}"
+
+
 def test_seg_head_fp32_has_no_spills_on_sm90():
     """The fp32-storage head (tf32x3 products: three dots per product, the most registers) at the car shapes."""
     proc = subprocess.run([sys.executable, "-m", "editgan_fast.kernels.aot", "90", "fp32", "seg_head", "gemm"],
