@@ -46,8 +46,8 @@ from .upfirdn2d import polyphase_sample
 class Config(NamedTuple):
     """One launch configuration. layout "nchw": x is read as given (pixel-contiguous) and the style scales each
     loaded tile in registers; "nhwc": a pre-pass (`channels_last_kernel`) writes s * x channel-contiguous, so the
-    style is applied once per input element and the conv's operand loads are 16-byte vectors that go straight
-    to the tensor cores (and can be pipelined), at the price of one more read and write of x."""
+    style is applied once per input element and the conv's operand loads are 16-byte asynchronous copies
+    straight into shared memory, pipelined over num_stages, at the price of one more read and write of x."""
     layout: str
     block_p: int   # output pixels per tile (GEMM M)
     block_co: int  # output channels per tile (GEMM N)
