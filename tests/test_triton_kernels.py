@@ -207,12 +207,14 @@ def _config_id(c):
 @pytest.mark.parametrize("config", _all_configs(), ids=_config_id)
 @pytest.mark.parametrize("up", [1, 2] if FULL else [2])
 def test_modulated_conv2d_every_tuning_candidate(config, up, monkeypatch):
-    """Each candidate the tuner may pick on an sm_80 or sm_90 device (their tile sizes, and the "nhwc" layout's
-    pre-pass), forced as the default: a whole layer, forward and backward. Cin = 72 spans two K blocks of 64
-    with a tail (three of 32), 12x12 = 144 pixels two 128-pixel tiles, Cout = 80 two 64-channel tiles."""
+    """Each candidate the tuner may pick on an sm_80 or sm_90 device (its tile sizes, and the "nhwc" layout's
+    pre-pass) as the only candidate, so a GPU run times nothing and runs it: a whole layer, forward and backward.
+    Cin = 72 spans two K blocks of 64 (three of 32, five of 16) with a tail; up=2 at 9x9 has 81 pixels per
+    phase (two 64-pixel tiles) and an input-gradient GEMM over 4 x 20 = 80 channels; up=1 (FULL) at 12x12 has
+    144 pixels (two 128-pixel tiles) and Cout = 80 (two 64-channel tiles)."""
     from editgan_fast.kernels import modulated_conv as mc
-    monkeypatch.setattr(mc, "default_config", lambda device, dtype: config)
-    f, w, x, s, noise, bias = conv_case(cin=72, cout=80 if up == 1 else 20, size=12 if up == 1 else 7, up=up)
+    monkeypatch.setattr(mc, "candidates", lambda device, dtype: (config,))
+    f, w, x, s, noise, bias = conv_case(cin=72, cout=80 if up == 1 else 20, size=12 if up == 1 else 9, up=up)
 
     def layer(x, s, noise, bias):
         return modulated_conv2d(x, w.to(x.dtype), s, up=up, resample_filter=f.to(x.dtype), noise=noise,
@@ -224,7 +226,7 @@ def test_modulated_conv2d_every_tuning_candidate(config, up, monkeypatch):
 def test_modulated_conv2d_torgb_every_layout(config, monkeypatch):
     """ToRGB (1x1, 3 output channels: the channel tile shrinks to 16) in both layouts, with the fused skip."""
     from editgan_fast.kernels import modulated_conv as mc
-    monkeypatch.setattr(mc, "default_config", lambda device, dtype: config)
+    monkeypatch.setattr(mc, "candidates", lambda device, dtype: (config,))
     test_modulated_conv2d_torgb_with_fused_skip()
 
 
