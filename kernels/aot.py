@@ -69,16 +69,20 @@ def _variants(dtypes=("fp32", "bf16")):
 
 
 def _modconv_variants(dt):
-    """The modulated conv's 4 layer variants x every tuning candidate, each for its own capability only, with the
-    divisibility the JIT sees at real shapes (16-byte aligned pointers, channel counts and strides multiples of
-    16), so the channel-contiguous loads compile as they will run; plus the "nhwc" layout's pre-pass."""
+    """The modulated conv's 7 layer variants x every tuning candidate of the storage size, each for its own
+    capability only, specialized as the JIT specializes them at a 64 px layer (16-byte aligned pointers; channel
+    counts, sizes and strides that are multiples of 16 marked so), so the channel-contiguous loads compile as
+    they will run; plus the "nhwc" layout's pre-pass."""
     exact = dt == "fp32"
     ptrs = dict(x_ptr=dt, w_ptr=dt, in_scale_ptr="fp32", out_scale_ptr="fp32", noise_ptr="fp32", bias_ptr="fp32",
                 skip_ptr=dt, c_ptr="fp32", out_ptr=dt, pre_ptr="fp32", xds_ptr=dt, ds_ptr="fp32")
     layer = dict(HAS_OUT_SCALE=True, HAS_NOISE=True, HAS_BIAS=True, ACT=1, HAS_CLAMP=True, HAS_SKIP=False, FT=1,
                  SAVE_PRE=True, STYLE_GRAD=False, DOT_FP32=exact, EVEN_CI=True)
-    # (constexprs, Cin, Cout) of each kind at StyleGAN2's shapes, which set the channel tiles (modulated_conv.tiles)
+    # (constexprs, Cin, Cout) of each kind at StyleGAN2's shapes, which set the tiles (modulated_conv.resolve):
+    # 512 channels up to 64 px, 64 at 512 px (car), 32 at 1024 px (face); ToRGB's 3 and its gradient's.
     kinds = dict(up1=(dict(layer, TAPS=3, OFFSET=-1, UP=1), 512, 512),
+                 up1_c64=(dict(layer, TAPS=3, OFFSET=-1, UP=1), 64, 64),
+                 up1_c32=(dict(layer, TAPS=3, OFFSET=-1, UP=1), 32, 32),
                  up2=(dict(layer, TAPS=3, OFFSET=-1, UP=2), 512, 512),
                  torgb=(dict(layer, TAPS=1, OFFSET=0, UP=1, HAS_OUT_SCALE=False, HAS_NOISE=False, ACT=0,
                              HAS_CLAMP=False, HAS_SKIP=True, FT=4), 512, 3),
@@ -91,15 +95,16 @@ def _modconv_variants(dt):
         if size != (4 if exact else 2):
             continue
         for cfg in configs:
-            strides = dict(SX_C=1) if cfg.layout == "nhwc" else dict(SX_P=1)
             tag = f"{cfg.layout}{cfg.block_p}x{cfg.block_co}x{cfg.block_ci}w{cfg.num_warps}s{cfg.num_stages}"
             for kind, (flags, cin, cout) in kinds.items():
-                block_p, block_ci, block_co, num_warps = modulated_conv.tiles(cfg, cin, cout)
+                run = modulated_conv.resolve(cfg, cin, cout)
+                nhwc = run.layout == "nhwc"
+                sizes = dict(CIN=cin, COUT=cout, H=64, W=64, **(dict(SX_P=cin) if nhwc else dict(SX_C=64 * 64)))
                 out.append(Variant(f"modconv_{dt}_{kind}_{tag}", modulated_conv.modconv_kernel, ptrs,
-                                   dict(flags, HAS_IN_SCALE=cfg.layout == "nchw", BLOCK_P=block_p,
-                                        BLOCK_CI=block_ci, BLOCK_CO=block_co, **strides),
-                                   dict(num_warps=num_warps, num_stages=cfg.num_stages), (cc,),
-                                   ("CIN", "COUT", "H", "W", "SX_C", "SX_P")))
+                                   dict(flags, HAS_IN_SCALE=not nhwc, BLOCK_P=run.block_p, BLOCK_CI=run.block_ci,
+                                        BLOCK_CO=run.block_co, **(dict(SX_C=1) if nhwc else dict(SX_P=1))),
+                                   dict(num_warps=run.num_warps, num_stages=run.num_stages), (cc,),
+                                   tuple(name for name, value in sizes.items() if value % 16 == 0)))
     out.append(Variant(f"modconv_{dt}_channels_last", modulated_conv.channels_last_kernel,
                        dict(x_ptr=dt, s_ptr="fp32", out_ptr=dt),
                        dict(HAS_SCALE=True, BLOCK_P=modulated_conv.PREPASS_P, BLOCK_C=modulated_conv.PREPASS_C),

@@ -100,15 +100,17 @@ def default_config(device, dtype):
     return candidates(device, dtype)[0]
 
 
-def tiles(cfg, cin, cout):
-    """(BLOCK_P, BLOCK_CI, BLOCK_CO, num_warps) of a config for a layer: the channel tiles shrink to the channel
-    count (at least 16, tl.dot's minimum), e.g. to 16 output channels for ToRGB's 3 and 16 input channels for
-    its input gradient, and a shrunk output tile runs at most 4 warps (at 8, ToRGB's 128 x 16 tile spills on
-    sm_80 in fp16). At StyleGAN2's shapes nothing else shrinks (>= 64 channels), so what runs is what
-    kernels/aot.py compiles."""
+def resolve(cfg, cin, cout):
+    """The config as it runs on a layer: the channel tiles shrink to the channel count (at least 16, tl.dot's
+    minimum), e.g. to 16 output channels for ToRGB's 3 and 16 input channels for its input gradient; a shrunk
+    output tile runs at most 4 warps (at 8, ToRGB's 128 x 16 tile spills on sm_80 in fp16); and the nhwc layout
+    needs whole 16-channel vectors (else its loads cannot be vectorized and the pre-pass buys nothing: nchw).
+    At StyleGAN2's shapes only ToRGB and its gradient change (>= 64 channels elsewhere); kernels/aot.py compiles
+    the resolved configs."""
     block_co = min(cfg.block_co, max(16, triton.next_power_of_2(cout)))
-    return (cfg.block_p, min(cfg.block_ci, max(16, triton.next_power_of_2(cin))), block_co,
-            cfg.num_warps if block_co == cfg.block_co else min(cfg.num_warps, 4))
+    return Config("nhwc" if cfg.layout == "nhwc" and cin % 16 == 0 else "nchw", cfg.block_p, block_co,
+                  min(cfg.block_ci, max(16, triton.next_power_of_2(cin))),
+                  cfg.num_warps if block_co == cfg.block_co else min(cfg.num_warps, 4), cfg.num_stages)
 
 
 @triton.jit
@@ -283,6 +285,7 @@ def launch(x, packed, up, in_scale=None, out_scale=None, noise=None, bias=None, 
                 torch.zeros((n, cout), dtype=torch.float32, device=x.device) if style_grad_x is not None else None)
 
     def run(cfg, out, pre, ds):
+        cfg = resolve(cfg, cin, cout)
         xin, scale, sx_c, sx_p = x, in_scale, h * w_, 1
         if cfg.layout == "nhwc":
             xin, scale, sx_c, sx_p = torch.empty((n, h, w_, cin), dtype=x.dtype, device=x.device), None, 1, cin
@@ -290,8 +293,7 @@ def launch(x, packed, up, in_scale=None, out_scale=None, noise=None, bias=None, 
                 x, in_scale if in_scale is not None else x, xin, cin, h * w_, HAS_SCALE=in_scale is not None,
                 BLOCK_P=PREPASS_P, BLOCK_C=PREPASS_C)
         dummy = x
-        block_p, block_ci, block_co, num_warps = tiles(cfg, cin, cout)
-        grid = (triton.cdiv(h * w_, block_p) * up * up, triton.cdiv(cout, block_co), n)
+        grid = (triton.cdiv(h * w_, cfg.block_p) * up * up, triton.cdiv(cout, cfg.block_co), n)
         modconv_kernel[grid](
             xin, wt, scale if scale is not None else dummy, out_scale if out_scale is not None else dummy,
             noise if noise is not None else dummy, bias if bias is not None else dummy,
@@ -304,9 +306,9 @@ def launch(x, packed, up, in_scale=None, out_scale=None, noise=None, bias=None, 
             HAS_NOISE=noise is not None, HAS_BIAS=bias is not None, ACT=1 if act == "lrelu" else 0,
             HAS_CLAMP=has_clamp, HAS_SKIP=skip is not None,
             FT=skip_kernel.shape[0] if skip_kernel is not None else 1, SAVE_PRE=save_pre,
-            STYLE_GRAD=style_grad_x is not None, DOT_FP32=dot_fp32, EVEN_CI=cin % block_ci == 0,
-            BLOCK_P=block_p, BLOCK_CI=block_ci, BLOCK_CO=block_co,
-            num_warps=num_warps, num_stages=cfg.num_stages)
+            STYLE_GRAD=style_grad_x is not None, DOT_FP32=dot_fp32, EVEN_CI=cin % cfg.block_ci == 0,
+            BLOCK_P=cfg.block_p, BLOCK_CI=cfg.block_ci, BLOCK_CO=cfg.block_co,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
     if config is None:
         # One shape class per layer: the shapes, dtypes and every flag that selects a different compiled variant.

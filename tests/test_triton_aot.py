@@ -30,7 +30,7 @@ def _modconv_names(dt, full):
     epilogue with the fp32 `pre` store: the most registers) and every kind for each capability's default
     candidate; with EDITGAN_FAST_FULL=1 every kind of every candidate."""
     from editgan_fast.kernels import modulated_conv as mc
-    kinds = ("up1", "up2", "torgb", "input_grad", "torgb_input_grad")
+    kinds = ("up1", "up1_c64", "up1_c32", "up2", "torgb", "input_grad", "torgb_input_grad")
     names = {}
     for (cc, size), configs in mc.CANDIDATES.items():
         if size != (4 if dt == "fp32" else 2):

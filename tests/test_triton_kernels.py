@@ -209,12 +209,13 @@ def _config_id(c):
 def test_modulated_conv2d_every_tuning_candidate(config, up, monkeypatch):
     """Each candidate the tuner may pick on an sm_80 or sm_90 device (its tile sizes, and the "nhwc" layout's
     pre-pass) as the only candidate, so a GPU run times nothing and runs it: a whole layer, forward and backward.
-    Cin = 72 spans two K blocks of 64 (three of 32, five of 16) with a tail; up=2 at 9x9 has 81 pixels per
-    phase (two 64-pixel tiles) and an input-gradient GEMM over 4 x 20 = 80 channels; up=1 (FULL) at 12x12 has
-    144 pixels (two 128-pixel tiles) and Cout = 80 (two 64-channel tiles)."""
+    Cin = 80 (whole 16-channel vectors, as the nhwc layout needs) spans two K blocks of 64 or three of 32 with a
+    tail, five of 16; up=2 at 9x9 has 81 pixels per phase (two 64-pixel tiles) and an input-gradient GEMM over
+    4 x 20 = 80 channels; up=1 (FULL) at 12x12 has 144 pixels (two 128-pixel tiles) and Cout = 80 (two
+    64-channel tiles)."""
     from editgan_fast.kernels import modulated_conv as mc
     monkeypatch.setattr(mc, "candidates", lambda device, dtype: (config,))
-    f, w, x, s, noise, bias = conv_case(cin=72, cout=80 if up == 1 else 20, size=12 if up == 1 else 9, up=up)
+    f, w, x, s, noise, bias = conv_case(cin=80, cout=80 if up == 1 else 20, size=12 if up == 1 else 9, up=up)
 
     def layer(x, s, noise, bias):
         return modulated_conv2d(x, w.to(x.dtype), s, up=up, resample_filter=f.to(x.dtype), noise=noise,
@@ -222,12 +223,31 @@ def test_modulated_conv2d_every_tuning_candidate(config, up, monkeypatch):
     check(layer, [x, s, noise, bias])
 
 
-@pytest.mark.parametrize("config", _all_configs()[:2], ids=_config_id)
-def test_modulated_conv2d_torgb_every_layout(config, monkeypatch):
-    """ToRGB (1x1, 3 output channels: the channel tile shrinks to 16) in both layouts, with the fused skip."""
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_modulated_conv2d_torgb_every_layout(layout, monkeypatch):
+    """ToRGB (1x1, 3 output channels: the channel tile shrinks to 16) in both layouts, with the fused skip; its
+    input gradient has 3 input channels, too few for nhwc's 16-channel vectors, so it runs nchw."""
     from editgan_fast.kernels import modulated_conv as mc
+    config = next(c for c in _all_configs() if c.layout == layout)
     monkeypatch.setattr(mc, "candidates", lambda device, dtype: (config,))
-    test_modulated_conv2d_torgb_with_fused_skip()
+    f, w, x, s, _, _ = conv_case(cin=32, cout=3, size=16, k=1)
+    skip, bias = randn(2, 3, 8, 8), randn(3)
+
+    def torgb(x, s, skip, bias):
+        return modulated_conv2d(x, w.to(x.dtype), s, demodulate=False, resample_filter=f.to(x.dtype), bias=bias,
+                                skip=skip)
+    check(torgb, [x, s, skip, bias])
+
+
+def test_modulated_conv2d_config_resolves_per_layer():
+    """What runs on a layer: shrunk channel tiles, fewer warps for a shrunk output tile, nhwc only with whole
+    16-channel vectors."""
+    from editgan_fast.kernels.modulated_conv import Config, resolve
+    cfg = Config("nhwc", 128, 128, 64, 8, 3)
+    assert resolve(cfg, 512, 512) == cfg
+    assert resolve(cfg, 512, 3) == Config("nhwc", 128, 16, 64, 4, 3)
+    assert resolve(cfg, 3, 512) == Config("nchw", 128, 128, 16, 8, 3)
+    assert resolve(cfg, 40, 64) == Config("nchw", 128, 64, 64, 4, 3)
 
 
 def test_modulated_conv2d_tuning_times_every_candidate_once_on_scratch_outputs(monkeypatch):
