@@ -38,6 +38,7 @@ if DEVICE == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("EDITGAN_FAST_TRITON_DEVICE=cuda and EDITGAN_FAST_REQUIRE_GPU=1 but no CUDA device")
     pytest.skip("EDITGAN_FAST_TRITON_DEVICE=cuda but no CUDA device", allow_module_level=True)
 
+FULL = os.environ.get("EDITGAN_FAST_FULL") == "1"
 REL = {torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 4e-2}
 
 
@@ -187,6 +188,114 @@ def test_modulated_conv2d_sees_in_place_weight_updates():
         expected = conv()
     assert_rel(second, expected, REL[torch.float32], "after the in-place update")
     assert not torch.allclose(first, second)
+
+
+def _all_configs():
+    """The interpreter's config, then every device candidate with a distinct tiling (warps and stages do not
+    change what the interpreter computes); of the fp32-storage lists (K = 16) one nhwc tile unless FULL."""
+    from editgan_fast.kernels import modulated_conv as mc
+    configs = {c[:4]: c for key in sorted(mc.CANDIDATES) for c in mc.CANDIDATES[key]
+               if FULL or key[1] == 2 or c[:4] == ("nhwc", 128, 64, 16)}
+    configs.pop(mc.INTERPRETED[:4], None)
+    return [mc.INTERPRETED, *configs.values()]
+
+
+def _config_id(c):
+    return f"{c.layout}{c.block_p}x{c.block_co}x{c.block_ci}"
+
+
+@pytest.mark.parametrize("config", _all_configs(), ids=_config_id)
+@pytest.mark.parametrize("up", [1, 2] if FULL else [2])
+def test_modulated_conv2d_every_tuning_candidate(config, up, monkeypatch):
+    """Each candidate the tuner may pick on an sm_80 or sm_90 device (its tile sizes, and the "nhwc" layout's
+    pre-pass) as the only candidate, so a GPU run times nothing and runs it: a whole layer, forward and backward.
+    Cin = 80 (whole 16-channel vectors, as the nhwc layout needs) spans two K blocks of 64 or three of 32 with a
+    tail, five of 16; up=2 at 9x9 has 81 pixels per phase (two 64-pixel tiles) and an input-gradient GEMM over
+    4 x 20 = 80 channels; up=1 (FULL) at 12x12 has 144 pixels (two 128-pixel tiles) and Cout = 80 (two
+    64-channel tiles)."""
+    from editgan_fast.kernels import modulated_conv as mc
+    monkeypatch.setattr(mc, "candidates", lambda device, dtype: (config,))
+    f, w, x, s, noise, bias = conv_case(cin=80, cout=80 if up == 1 else 20, size=12 if up == 1 else 9, up=up)
+
+    def layer(x, s, noise, bias):
+        return modulated_conv2d(x, w.to(x.dtype), s, up=up, resample_filter=f.to(x.dtype), noise=noise,
+                                bias=bias, act="lrelu", clamp=1.0)
+    check(layer, [x, s, noise, bias])
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_modulated_conv2d_torgb_every_layout(layout, monkeypatch):
+    """ToRGB (1x1, 3 output channels: the channel tile shrinks to 16) in both layouts, with the fused skip; its
+    input gradient has 3 input channels, too few for nhwc's 16-channel vectors, so it runs nchw."""
+    from editgan_fast.kernels import modulated_conv as mc
+    config = next(c for c in _all_configs() if c.layout == layout)
+    monkeypatch.setattr(mc, "candidates", lambda device, dtype: (config,))
+    f, w, x, s, _, _ = conv_case(cin=32, cout=3, size=16, k=1)
+    skip, bias = randn(2, 3, 8, 8), randn(3)
+
+    def torgb(x, s, skip, bias):
+        return modulated_conv2d(x, w.to(x.dtype), s, demodulate=False, resample_filter=f.to(x.dtype), bias=bias,
+                                skip=skip)
+    check(torgb, [x, s, skip, bias])
+
+
+def test_modulated_conv2d_config_resolves_per_layer():
+    """What runs on a layer: shrunk channel tiles, fewer warps for a shrunk output tile, nhwc only with whole
+    16-channel vectors."""
+    from editgan_fast.kernels.modulated_conv import Config, resolve
+    cfg = Config("nhwc", 128, 128, 64, 8, 3)
+    assert resolve(cfg, 512, 512) == cfg
+    assert resolve(cfg, 512, 3) == Config("nhwc", 128, 16, 64, 4, 3)
+    assert resolve(cfg, 3, 512) == Config("nchw", 128, 128, 16, 8, 3)
+    assert resolve(cfg, 40, 64) == Config("nchw", 128, 64, 64, 4, 3)
+
+
+def test_modulated_conv2d_tuning_times_every_candidate_once_on_scratch_outputs(monkeypatch):
+    """The tuner path of the launcher, with a fake clock in place of do_bench: every candidate is run (on
+    scratch buffers: the style gradient accumulates with atomics, so a timed run writing the real ds would
+    double it), the fastest is kept per shape class, and a second call times nothing."""
+    from editgan_fast.kernels import autotune
+    from editgan_fast.kernels import modulated_conv as mc
+    configs = (mc.Config("nchw", 64, 32, 16, 4, 2), mc.Config("nhwc", 128, 16, 32, 4, 2))
+    timed = []
+
+    def bench(fn):
+        fn()
+        timed.append(fn)
+        return {0: 2.0, 1: 1.0}[len(timed) % 2 == 0]  # the second candidate is the faster
+
+    monkeypatch.setattr(autotune, "INTERPRET", False)
+    monkeypatch.setattr(mc, "TUNER", autotune.Tuner(bench))
+    monkeypatch.setattr(mc, "candidates", lambda device, dtype: configs)
+    f, w, x, s, noise, bias = conv_case(cin=24, cout=20, size=6)
+
+    def layer(x, s, noise, bias):
+        return modulated_conv2d(x, w.to(x.dtype), s, noise=noise, bias=bias, act="lrelu")
+    check(layer, [x, s, noise, bias])  # forward, then the input-gradient launch (ds by atomics): both tuned
+    assert len(timed) == 4 and set(mc.TUNER.chosen().values()) == {configs[1]}
+    check(layer, [x, s, noise, bias])
+    assert len(timed) == 4, "a tuned shape class was timed again"
+
+
+def test_tuner_falls_back_without_timing(monkeypatch):
+    """Tuning off, a single candidate, or candidates that cannot run: the default, or a clear error."""
+    from triton.runtime.errors import OutOfResources
+    from editgan_fast.kernels import autotune
+    monkeypatch.setattr(autotune, "INTERPRET", False)
+    calls = []
+    tuner = autotune.Tuner(lambda fn: calls.append(fn) or 1.0)
+    monkeypatch.setenv("EDITGAN_FAST_AUTOTUNE", "0")
+    assert tuner.choose("k", ("a", "b"), lambda c: None, "a") == "a" and not calls and not tuner.chosen()
+    monkeypatch.delenv("EDITGAN_FAST_AUTOTUNE")
+    assert tuner.choose("k", ("a",), lambda c: None, "a") == "a" and not calls
+
+    def run(c):
+        if c != "b":
+            raise OutOfResources(300000, 232448, "shared memory")
+    tuner = autotune.Tuner(lambda fn: fn() or 1.0)
+    assert tuner.choose("k", ("a", "b"), run, "a") == "b"
+    with pytest.raises(RuntimeError, match="no candidate configuration runs"):
+        tuner.choose("k2", ("a", "c"), run, "a")
 
 
 # ------------------------------------------------------------------------------------------ seg_head

@@ -8,7 +8,9 @@ a machine without a GPU) it also accepts CPU tensors. The storage dtype is the b
 Sync-free: everything derived from frozen tensors or from shapes (packed conv weights, filter kernels, packed
 members, the seg head's band plan and table, a region's pixel list) is built once and cached (`_DerivedCache`), so a
 warm `apply` or refinement step makes no device->host copy (.item, .tolist, nonzero, .cpu) and can be captured
-in a CUDA graph; tests/test_triton_sync_free.py checks that.
+in a CUDA graph; tests/test_triton_sync_free.py checks that. The modulated conv's launch configuration is
+chosen on a CUDA device by timing its candidates on the first call per shape class (kernels/autotune.py): that
+first call synchronizes and belongs to the warm-up, like the caches above; never during graph capture.
 """
 import importlib.util
 import weakref
