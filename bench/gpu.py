@@ -337,6 +337,17 @@ class Report:
             self.write("| " + " | ".join(row) + " |")
 
 
+def _report_tuning(report):
+    """The modulated conv's tuning choices of this run (each made during a stage's warm-up, outside the timing)."""
+    if not backend.available("triton"):
+        return
+    from editgan_fast.kernels.modulated_conv import TUNER
+    chosen = TUNER.chosen()
+    if chosen:
+        report.table(("modulated conv shape class", "chosen configuration"),
+                     [(f"`{key}`", f"`{config}`") for key, config in sorted(chosen.items(), key=str)])
+
+
 def _err_cell(err, bound):
     if err is None:
         return "-"
@@ -388,6 +399,7 @@ def main(argv=None):
         stage_rows += end_to_end(device, args.batch, args.dtype, args.reps, config, b)
     report.table(("stage", "backend", "image rel err", "ms"),
                  [(stage, b, _err_cell(err, bound), f"{ms:.3f}") for stage, b, err, ms in stage_rows])
+    _report_tuning(report)
     errors = [err for _, _, err, _ in kernel_rows + stage_rows if err is not None]
     over = [e for e in errors if not e <= bound]  # NaN counts as over
     if args.check and (over or missing):
