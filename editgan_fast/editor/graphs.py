@@ -18,12 +18,9 @@ segmenter's member views rebuilt drop every graph; so does `Editor.to`. At most 
 least recently used dropped first: each holds a private memory pool as large as one apply's activations.
 
 A graph also reads what the backends derived from the weights (packed weights, filters, packed ensembles) at the
-addresses it had at capture. The capture's warm-up builds those under the current selection and the graphs are
-dropped when the selection changes, so the graph path alone stays consistent. But an eager call on the same
-weights under another backend or dtype (the Triton caches keep one value per weight), or more than four
-ensembles alternating on the cuda backend (its packed-ensemble cache holds four), rebuilds one of them and frees
-memory a graph still reads: its replays would be wrong. Keep one selection per editor while graphs are on, or
-call `editor.graphs.clear()` after such a call.
+addresses it had at capture. The backends keep one such value per weight set and setting (dtype, shapes, device:
+ops/_derived.py) for as long as the weights live, and rebuild it only when a weight changes in place, which drops
+the graphs too: an eager call in another dtype or on another backend never frees what a graph reads.
 
 The graph is an interface, `graph_type(fn, device)` with `.replay() -> outputs`: `CudaGraph` captures fn
 with torch.cuda.CUDAGraph; `EagerGraph` re-runs fn on the same static buffers at every replay, so the

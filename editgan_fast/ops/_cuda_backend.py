@@ -15,6 +15,7 @@ import importlib
 import torch
 
 from .. import backend, native
+from ._derived import DerivedCache, member_tensors
 
 DEVICES = {"cuda"}
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -95,17 +96,12 @@ def project(features, w1, dtype):
     return [p.contiguous() for p in by_size.values()]
 
 
-_packed_cache = []  # [(members list, device, packed)]: the few ensembles in use (frozen, so packed once)
+_packed_ensembles = DerivedCache()  # every member tensor and the device -> the packed ensemble, while they live
 
 
 def _packed(members, device):
-    for cached, dev, packed in _packed_cache:
-        if dev == device and len(cached) == len(members) and all(a is b for a, b in zip(cached, members)):
-            return packed
-    packed = pack_members(members, device)
-    _packed_cache.insert(0, (list(members), device, packed))
-    del _packed_cache[4:]
-    return packed
+    return _packed_ensembles.get(member_tensors(members), (device, tuple(m.bn_eps for m in members)),
+                                 lambda: pack_members(members, device))
 
 
 OPS = {}

@@ -6,16 +6,17 @@ a machine without a GPU) it also accepts CPU tensors. The storage dtype is the b
 (modulated conv, segmentation members) are frozen: no gradient is returned for them.
 
 Sync-free: everything derived from frozen tensors or from shapes (packed conv weights, filter kernels, packed
-members, the seg head's band plan and table, a region's pixel list) is built once and cached (`_DerivedCache`), so a
+members, the seg head's band plan and table, a region's pixel list) is built once and cached (`DerivedCache`), so a
 warm `apply` or refinement step makes no device->host copy (.item, .tolist, nonzero, .cpu) and can be captured
 in a CUDA graph; tests/test_triton_sync_free.py checks that. The modulated conv's launch configuration is
 chosen on a CUDA device by timing its candidates on the first call per shape class (kernels/autotune.py): that
 first call synchronizes and belongs to the warm-up, like the caches above; never during graph capture.
 """
 import importlib.util
-import weakref
 
 import torch
+
+from ._derived import DerivedCache, member_tensors
 
 
 
@@ -36,35 +37,6 @@ def unavailable_reason():
     if not _INTERPRET and not torch.cuda.is_available():
         return "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on CPU tensors, slowly)"
     return None
-
-
-def _version(t):
-    try:
-        return t._version
-    except RuntimeError:  # an inference tensor has no version counter (and cannot be modified outside one)
-        return -1
-
-
-class _DerivedCache:
-    """Values derived from frozen tensors (weights, filters, ensemble members, masks), built once per tensor
-    set: keyed by the tensors' identities, rebuilt when one is modified in place (its version counter moves) or
-    when `extra` (shapes, dtypes, flags) changes, dropped when one is freed. Only the newest value per tensor
-    set is kept."""
-
-    def __init__(self):
-        self._entries = {}
-
-    def get(self, tensors, extra, build):
-        key = tuple(id(t) for t in tensors)
-        versions = tuple(_version(t) for t in tensors)
-        hit = self._entries.get(key)
-        if hit is not None and hit[1] == versions and hit[2] == extra and \
-                all(ref() is t for ref, t in zip(hit[0], tensors)):
-            return hit[3]
-        value = build()
-        refs = tuple(weakref.ref(t, lambda _, k=key: self._entries.pop(k, None)) for t in tensors)
-        self._entries[key] = (refs, versions, extra, value)
-        return value
 
 
 OPS = {}
@@ -139,8 +111,8 @@ if unavailable_reason() is None:
         return _Upfirdn2d.apply(x, f, up, down, parse_padding(padding), flip_filter, float(gain))
 
     # ---------------------------------------------------------------- modulated_conv2d
-    _packed_weights = _DerivedCache()  # (weight[, filter]) -> forward and input-gradient weights
-    _skip_kernels = _DerivedCache()    # (filter,) -> (ToRGB's skip upsampling kernel, its leading padding)
+    _packed_weights = DerivedCache()  # (weight[, filter]) -> forward and input-gradient weights
+    _skip_kernels = DerivedCache()    # (filter,) -> (ToRGB's skip upsampling kernel, its leading padding)
 
     def _packed(weight, up, resample_filter, dtype):
         """The layer's packed weights; up=2 folds the blur filter in, so the filter is part of the key."""
@@ -221,14 +193,12 @@ if unavailable_reason() is None:
                                       act, alpha, gain, clamp, eps)
 
     # ---------------------------------------------------------------- seg_head
-    _packed_members = _DerivedCache()  # every member tensor -> the folded, padded ensemble
-    _regions = _DerivedCache()         # (region,) -> its pixels' int32 indices and per-row counts (one sync)
+    _packed_members = DerivedCache()  # every member tensor -> the folded, padded ensemble
+    _regions = DerivedCache()         # (region,) -> its pixels' int32 indices and per-row counts (one sync)
     _plans = {}                        # (feature shapes, output box, mode, width, budget, device) -> _sh.Plan
 
     def _members(members, dtype, device):
-        tensors = tuple(t for m in members for field in (m.weights, m.biases, m.bn_mean, m.bn_var, m.bn_weight,
-                                                         m.bn_bias) for t in field)
-        return _packed_members.get(tensors, (dtype, device, tuple(m.bn_eps for m in members)),
+        return _packed_members.get(member_tensors(members), (dtype, device, tuple(m.bn_eps for m in members)),
                                    lambda: _sh.pack_members(members, dtype))
 
     def _plan(features, out_size, box, mode, nout):
