@@ -70,22 +70,22 @@ def test_an_interrupted_run_resumes_and_loses_only_the_shard_in_flight(editor, t
     run_local(editor, job, reference)
 
     out = tmp_path / "out"
-    real = local.render_shard
+    real = local.start_shard
     calls = []
 
-    def crash_on_second_shard(*args):
-        calls.append(args[-1])
+    def crash_on_second_shard(editor, job, shard, encoder):
+        calls.append(shard)
         if len(calls) == 2:
-            raise KeyboardInterrupt  # the process dies while rendering shard 1
-        return real(*args)
+            raise KeyboardInterrupt  # the process dies while rendering shard 1 (shard 0 is still encoding)
+        return real(editor, job, shard, encoder)
 
-    monkeypatch.setattr(local, "render_shard", crash_on_second_shard)
+    monkeypatch.setattr(local, "start_shard", crash_on_second_shard)
     with pytest.raises(KeyboardInterrupt):
         run_local(editor, job, out)
     assert sorted(manifest(out)["shards"]) == ["0"]
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "shard-000000.tar"]  # no temp files left
 
-    monkeypatch.setattr(local, "render_shard", real)
+    monkeypatch.setattr(local, "start_shard", real)
     (out / "shard-000000.tar").write_bytes(b"torn")  # a damaged finished shard is rendered again
     summary = run_local(editor, job, out)
     assert summary["rendered_shards"] == 3 and summary["skipped_shards"] == 0

@@ -61,13 +61,13 @@ def test_ray_resumes_survives_a_killed_worker_and_equals_the_local_path(cluster,
     run_local(editor, job, tmp_path / "local")
 
     # an earlier run that finished shard 0 only
-    real = local.render_shard
-    monkeypatch.setattr(local, "render_shard",
-                        lambda ed, jb, shard: real(ed, jb, shard) if shard == 0 else (_ for _ in ()).throw(
-                            KeyboardInterrupt))
+    real = local.start_shard
+    monkeypatch.setattr(local, "start_shard",
+                        lambda ed, jb, shard, encoder: real(ed, jb, shard, encoder) if shard == 0
+                        else (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         run_local(editor, job, tmp_path / "ray")
-    monkeypatch.setattr(local, "render_shard", real)
+    monkeypatch.setattr(local, "start_shard", real)
 
     marker = tmp_path / "killed.pid"
     summary = run_ray(make_default_editor, job, tmp_path / "ray", actors=1, renderer=dies_once)

@@ -46,20 +46,29 @@ class Sample:
         return {"key": self.key, "item": self.meta["item"], "setting": self.meta["setting"]}
 
 
+# zlib level 1: half the encoding time of PIL's default 6 for ~15 % larger image PNGs, still lossless
+PNG_COMPRESS_LEVEL = 1
+
+
 def _png(image) -> bytes:
     buffer = _bytes_io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buffer.getvalue()
 
 
-def encode_shard(samples) -> bytes:
+def encode_members(samples) -> list[tuple[Sample, list[tuple[str, bytes]]]]:
+    """(sample, its tar members) of each sample."""
+    return [(sample, sample.members()) for sample in samples]
+
+
+def tar_bytes(members) -> bytes:
+    """A deterministic USTAR tar of (name, bytes) members, in order."""
     buffer = _bytes_io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for sample in samples:
-            for name, data in sample.members():
-                info = tarfile.TarInfo(name)
-                info.size, info.mtime, info.mode = len(data), 0, 0o644
-                tar.addfile(info, _bytes_io.BytesIO(data))
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            tar.addfile(info, _bytes_io.BytesIO(data))
     return buffer.getvalue()
 
 
