@@ -1,15 +1,17 @@
 """`make bench` (batch part): samples/s of `editgan-fast batch` on the bundled model, in one run:
 
+- the stage costs of one synthesis's worth of samples at the largest batch size, each stage timed alone
+  (latents, synthesis, segmentation, PNG encoding, tar, shard commit), as a share of their sum;
 - the local path at 1, 8 and 32 latents per synthesis (each latent with all its settings; 1 = one latent at a
   time, the per-item loop), ratios against 1;
-- the Ray Data path on a local 2-CPU Ray cluster (2 actors, 1 thread each), at the largest batch size, end to
-  end (actor start-up and model loading included), its ratio to the local path at the same batch size and its
-  overhead per sample.
+- the Ray Data path on a local 2-CPU Ray cluster at the largest batch size: cold (`ray.init`, worker start-up
+  and model loading included) and warm (a second job of the same driver: the workers keep their editors), the
+  ratio of each to the local path at the same batch size, and Ray's overhead per sample.
 
 Every row renders the same job (the full path: synthesis, segmentation, PNG encoding, tar shards, manifest)
-into a fresh folder; the shards of the Ray row are checked equal to the local row's.
+into a fresh folder; the Ray rows' shards are checked equal to the local row's.
 
-    python bench/batch.py [--items 64] [--batch-sizes 1,8,32] [--no-ray]
+    python bench/batch.py [--items 32] [--batch-sizes 1,8,32] [--no-ray]
 """
 from __future__ import annotations
 
@@ -21,7 +23,9 @@ from pathlib import Path
 
 import torch
 
-from editgan_fast.batch import BatchJob, run_local, seed_items
+from editgan_fast.batch import BatchJob, ShardSink, run_local, seed_items
+from editgan_fast.batch.render import _rendered_chunks, resolve_latent
+from editgan_fast.batch.shards import encode_members, tar_bytes
 from editgan_fast.editor import EditVector, VectorLibrary, default_editor
 
 SCALES = (0.0, 0.5, 1.0)
@@ -37,19 +41,43 @@ def make_job(folder: Path, editor, items: int, batch_size: int) -> BatchJob:
                            batch_size=batch_size)
 
 
-def timed(fn) -> tuple[float, dict]:
+def timed(fn) -> tuple[float, object]:
     start = time.perf_counter()
-    summary = fn()
-    return time.perf_counter() - start, summary
+    value = fn()
+    return time.perf_counter() - start, value
 
 
 def shards_of(folder: Path) -> dict:
     return {p.name: p.read_bytes() for p in sorted(folder.glob("shard-*.tar"))}
 
 
+def stage_costs(editor, job: BatchJob, folder: Path) -> dict:
+    """Seconds of each stage of the job's first synthesis, each run alone (median of 3)."""
+    chunk = [item for _, item in job.shard_items(0)[:job.batch_size]]
+    costs = {}
+
+    def measure(name, fn):
+        runs = sorted(timed(fn) for _ in range(3))
+        costs[name] = runs[1][0]
+        return runs[1][1]
+
+    latents = measure("latents (mapping)", lambda: [resolve_latent(editor, job, item) for item in chunk])
+    columns = {job.vector_library()["bench"]: list(SCALES)}
+    synthesis = measure("synthesis", lambda: editor.apply_many([(w, columns) for w in latents], labels=False))
+    both = measure("synthesis + segmentation", lambda: editor.apply_many([(w, columns) for w in latents]))
+    costs["segmentation"] = costs.pop("synthesis + segmentation") - costs["synthesis"]
+    del synthesis, both
+    samples = next(_rendered_chunks(editor, job, 0))
+    encoded = measure("PNG + .npy encoding", lambda: encode_members(samples))
+    data = measure("tar", lambda: tar_bytes(m for _, members in encoded for m in members))
+    sink = ShardSink(folder, job)
+    measure("commit (shard + manifest)", lambda: sink.commit(0, data, [s.manifest_row() for s in samples]))
+    return costs
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--items", type=int, default=64, help="latents (seeds) per job")
+    parser.add_argument("--items", type=int, default=32, help="latents (seeds) per job")
     parser.add_argument("--batch-sizes", default="1,8,32")
     parser.add_argument("--no-ray", action="store_true")
     args = parser.parse_args(argv)
@@ -59,34 +87,52 @@ def main(argv=None):
     work = Path(tempfile.mkdtemp(prefix="bench_batch_"))
     print(f"batch job: {args.items} latents x {len(SCALES)} scales, bundled model "
           f"({editor.generator.resolution} px), {torch.get_num_threads()} threads locally\n")
-    print("| path | seconds | samples/s | vs 1 latent/synthesis |")
+
+    costs = stage_costs(editor, make_job(work, editor, args.items, sizes[-1]), work / "stages")
+    total = sum(costs.values())
+    print(f"stages of one synthesis ({min(sizes[-1], args.items)} latents x {len(SCALES)} scales), each alone:")
+    for name, seconds in costs.items():
+        print(f"  {name:28s} {1000 * seconds:8.1f} ms  {100 * seconds / total:5.1f} %")
+
+    print("\n| path | seconds | samples/s | vs 1 latent/synthesis |")
     print("|---|---|---|---|")
-    rows = []
+    rows = {}
 
     def row(name, seconds, samples):  # printed as measured: a later failure keeps the earlier rows
-        rows.append((name, seconds, samples))
-        print(f"| {name} | {seconds:.2f} | {samples / seconds:.1f} | {rows[0][1] / seconds:.2f}x |", flush=True)
+        rows[name] = (seconds, samples)
+        first = next(iter(rows.values()))[0]
+        print(f"| {name} | {seconds:.2f} | {samples / seconds:.1f} | {first / seconds:.2f}x |", flush=True)
 
     for batch_size in sizes:
         job = make_job(work, editor, args.items, batch_size)
         seconds, summary = timed(lambda: run_local(editor, job, work / f"local{batch_size}"))
         row(f"local, {batch_size} latents/synthesis", seconds, summary["samples"])
-    if not args.no_ray:
-        import ray
-        from editgan_fast.batch.on_ray import run_ray
-        ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
-        try:
-            job = make_job(work, editor, args.items, sizes[-1])
-            seconds, summary = timed(lambda: run_ray(functools.partial(default_editor, progress=False), job,
-                                                     work / "ray", actors=2))
-        finally:
-            ray.shutdown()
-        if shards_of(work / "ray") != shards_of(work / f"local{sizes[-1]}"):
-            raise SystemExit("the Ray path's shards differ from the local path's")
-        row(f"Ray Data, 2 actors, {sizes[-1]} latents/synthesis", seconds, summary["samples"])
-        local_s, ray_s, samples = rows[-2][1], rows[-1][1], rows[-1][2]
-        print(f"\nRay / local at {sizes[-1]} latents/synthesis: {ray_s / local_s:.2f}x time; overhead "
-              f"{1000 * (ray_s - local_s) / samples:.1f} ms per sample (actor start-up and model loading included)")
+    if args.no_ray:
+        return
+    import ray
+    from editgan_fast.batch.on_ray import pool_shape, run_ray
+    job = make_job(work, editor, args.items, sizes[-1])
+    make_editor = functools.partial(default_editor, progress=False)
+    start = time.perf_counter()
+    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+    try:
+        init_s = time.perf_counter() - start
+        workers, threads = pool_shape(ray, job.num_shards, None, 0)
+        shape = f"{workers} worker{'s' * (workers > 1)} x {threads} thread{'s' * (threads > 1)}"
+        cold = time.perf_counter() - start + timed(lambda: run_ray(make_editor, job, work / "ray_cold"))[0]
+        warm, summary = timed(lambda: run_ray(make_editor, job, work / "ray_warm"))
+    finally:
+        ray.shutdown()
+    for name in ("ray_cold", "ray_warm"):
+        if shards_of(work / name) != shards_of(work / f"local{sizes[-1]}"):
+            raise SystemExit(f"the Ray path's shards ({name}) differ from the local path's")
+    samples = summary["samples"]
+    row(f"Ray Data cold ({shape}, `ray.init` {init_s:.1f} s included), {sizes[-1]} latents/synthesis", cold, samples)
+    row(f"Ray Data warm (second job of the driver), {sizes[-1]} latents/synthesis", warm, samples)
+    local_s = rows[f"local, {sizes[-1]} latents/synthesis"][0]
+    print(f"\nRay / local at {sizes[-1]} latents/synthesis: cold {cold / local_s:.2f}x, warm {warm / local_s:.2f}x "
+          f"time; overhead per sample: warm {1000 * (warm - local_s) / samples:.1f} ms, cold "
+          f"{1000 * (cold - local_s) / samples:.1f} ms; one-time start-up (cold - warm) {cold - warm:.1f} s")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from ray import serve
 from ..editor import Result
 from .app import create_app
 from . import codec
-from .renderer import Frame, rows_of
+from .renderer import Frame, Superseded, rows_of
 
 DEFAULT_MAX_BATCH = 16
 DEFAULT_WAIT_S = 0.01
@@ -25,15 +25,19 @@ DEFAULT_WAIT_S = 0.01
 
 class ServeBatchRenderer:
     """The service's renderer interface (`render`, `start`, `stop`, `stats`) with Ray Serve doing the batching.
-    Unlike the local BatchingRenderer, no request is superseded: every request is rendered."""
+    Like the local BatchingRenderer, a request still waiting when a newer one of the same key arrives is not
+    rendered (its caller gets `Superseded`): when Serve hands over a batch, each request that is no longer its
+    key's latest is answered at once and only the rest are synthesized."""
 
     def __init__(self, editor, max_batch: int = DEFAULT_MAX_BATCH, wait_s: float = DEFAULT_WAIT_S):
         self.editor = editor
         self._batched.set_max_batch_size(max_batch)
         self._batched.set_batch_wait_timeout_s(wait_s)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="render")  # synthesis off the event loop
+        self._latest: dict = {}        # key -> token of its newest request not yet answered
         self.batch_sizes = Counter()   # requests per synthesis -> how many syntheses
         self.max_rows_seen = 0
+        self.superseded = 0
 
     async def start(self) -> None:
         pass
@@ -44,21 +48,39 @@ class ServeBatchRenderer:
     def stats(self) -> dict:
         return {"batches": sum(self.batch_sizes.values()),
                 "frames": sum(size * n for size, n in self.batch_sizes.items()),
-                "superseded": 0, "max_batch_rows": self.max_rows_seen,
+                "superseded": self.superseded, "max_batch_rows": self.max_rows_seen,
                 "batch_sizes": {str(size): n for size, n in sorted(self.batch_sizes.items())}}
 
     async def render(self, key, latent, vectors: dict, labels: bool = True, encode: bool = False) -> Frame:
         """The frame of `latent` edited by `vectors` (its label map too unless `labels` is False; encoded as
         PNGs too if `encode`)."""
-        outcome = await self._batched((latent, vectors, labels, encode))
+        token = object()
+        self._latest[key] = token
+        try:
+            outcome = await self._batched((key, token, (latent, vectors, labels, encode)))
+        finally:
+            if self._latest.get(key) is token:
+                del self._latest[key]
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH, batch_wait_timeout_s=DEFAULT_WAIT_S)
     async def _batched(self, requests: list) -> list:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._render_all, requests)
+        outcomes = [None] * len(requests)
+        live = []
+        for i, (key, token, request) in enumerate(requests):
+            if self._latest.get(key) is token:
+                live.append(i)
+            else:
+                outcomes[i] = Superseded("a newer edit of this stream replaced this one")
+                self.superseded += 1
+        if live:
+            loop = asyncio.get_running_loop()
+            rendered = await loop.run_in_executor(self._executor, self._render_all, [requests[i][2] for i in live])
+            for i, outcome in zip(live, rendered):
+                outcomes[i] = outcome
+        return outcomes
 
     def _render_all(self, requests: list) -> list:
         """Outcomes in request order: one synthesis for the requests that want labels, one for the others."""
