@@ -2,17 +2,30 @@
 
 Each replica builds the editor once and serves the FastAPI app built on it; its renderer batches the apply
 requests of concurrent clients with Ray Serve's `@serve.batch` (up to `max_batch` requests, waiting at most
-`wait_s` for more) into one `Editor.apply_many`. Sessions and the vector library live in a replica, so more
-than one replica needs a router with session affinity; one replica (the default) serves any number of clients.
+`wait_s` for more) into one `Editor.apply_many`.
+
+Sessions, jobs and the loaded vector library live in a replica, so with more than one replica a client must
+keep talking to the same one: **replica affinity**. Every response names its replica (header
+`x-editgan-replica`, and a cookie `editgan_replica` when the request did not already carry that name); the
+deployment's request router (`ReplicaAffinityRouter`) sends a request that names a live replica (the header,
+else the cookie) to that replica, and any other request where Ray Serve's power-of-two-choices would. Browsers
+keep the cookie (the page and its websocket stream stick to one replica with no change to the page); API
+clients keep it with a cookie jar or send the header. A client whose replica died starts over on another
+(its sessions are gone with the replica). Vectors uploaded through one replica are written to `library_dir`
+but loaded by the others only when they start: give the replicas a shared folder and restart to share them.
 """
 from __future__ import annotations
 
 import asyncio
+import pickle
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 from ray import serve
+from ray.serve.config import RequestRouterConfig
+# Serve's default router (power of two choices), which ReplicaAffinityRouter extends; not re-exported publicly
+from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
 
 from ..editor import Result
 from .app import create_app
@@ -118,6 +131,74 @@ class ServeBatchRenderer:
         return frames
 
 
+AFFINITY_HEADER = "x-editgan-replica"
+AFFINITY_COOKIE = "editgan_replica"
+
+
+def affinity_token(headers) -> str | None:
+    """The replica an ASGI request's [(name, value)] byte headers ask for: the header, else the cookie."""
+    cookie = None
+    for name, value in headers:
+        name = name.lower()
+        if name == AFFINITY_HEADER.encode():
+            return value.decode("latin-1")
+        if name == b"cookie":
+            for part in value.decode("latin-1").split(";"):
+                key, _, token = part.strip().partition("=")
+                if key == AFFINITY_COOKIE:
+                    cookie = token
+    return cookie
+
+
+class NameTheReplica:
+    """ASGI middleware of a replica's app: every HTTP response carries the replica's name (header), and sets
+    the cookie when the request did not name this replica (a new client, or one whose replica is gone)."""
+
+    def __init__(self, app, replica: str):
+        self.app, self.replica = app, replica
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        named = affinity_token(scope.get("headers", [])) == self.replica
+
+        async def send_named(message):
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", [])) + [(AFFINITY_HEADER.encode(), self.replica.encode())]
+                if not named:
+                    headers.append((b"set-cookie", f"{AFFINITY_COOKIE}={self.replica}; Path=/; SameSite=Lax"
+                                    .encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+        await self.app(scope, receive, send_named)
+
+
+def _request_headers(pending_request) -> list:
+    """The HTTP headers of a request being routed (the proxy passes its ASGI scope, pickled); [] for others."""
+    args = getattr(pending_request, "args", None) or [None]
+    request = args[0]
+    if isinstance(request, bytes):
+        try:
+            request = pickle.loads(request)
+        except Exception:  # not an HTTP request from the proxy: no affinity
+            return []
+    scope = getattr(request, "asgi_scope", None) or getattr(request, "_asgi_scope", None)
+    return scope.get("headers", []) if isinstance(scope, dict) else []
+
+
+class ReplicaAffinityRouter(PowerOfTwoChoicesRequestRouter):
+    """Ray Serve's default router, except that a request naming a live replica goes to that replica (it
+    waits, with Serve's backoff, while that replica is full: affinity is never traded for load)."""
+
+    async def choose_replicas(self, candidate_replicas, pending_request=None):
+        token = affinity_token(_request_headers(pending_request)) if pending_request is not None else None
+        if token:
+            for replica in candidate_replicas:
+                if replica.replica_id.unique_id == token:
+                    return [[replica]]
+        return await super().choose_replicas(candidate_replicas, pending_request)
+
+
 @serve.ingress()
 class EditingService:
     """One replica: the editor, built once by `make_editor()`, and the app over it."""
@@ -127,15 +208,19 @@ class EditingService:
         self.editor.progress = False  # jobs report progress through the API
         self.renderer = ServeBatchRenderer(self.editor, max_batch, wait_s)
         self.app_options = app_options
+        self.replica = serve.get_replica_context().replica_id.unique_id
 
     def __serve_build_asgi_app__(self):
-        return create_app(self.editor, renderer=self.renderer, **self.app_options)
+        app = create_app(self.editor, renderer=self.renderer, **self.app_options)
+        app.add_middleware(NameTheReplica, replica=self.replica)
+        return app
 
 
 def deployment(make_editor, app_options: dict | None = None, num_replicas: int = 1, num_gpus: float = 0,
                max_batch: int = DEFAULT_MAX_BATCH, wait_s: float = DEFAULT_WAIT_S):
     """The bound Ray Serve application; `app_options` go to `create_app` (library_dir, limits, ...)."""
-    options = {"num_replicas": num_replicas, "ray_actor_options": {"num_cpus": 1, "num_gpus": num_gpus}}
+    options = {"num_replicas": num_replicas, "ray_actor_options": {"num_cpus": 1, "num_gpus": num_gpus},
+               "request_router_config": RequestRouterConfig(request_router_class=ReplicaAffinityRouter)}
     return serve.deployment(EditingService, name="editgan-fast", **options).bind(
         make_editor, dict(app_options or {}), max_batch, wait_s)
 
