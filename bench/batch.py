@@ -5,18 +5,23 @@
 - the local path at 1, 8 and 32 latents per synthesis (each latent with all its settings; 1 = one latent at a
   time, the per-item loop), ratios against 1;
 - the Ray Data path on a local 2-CPU Ray cluster at the largest batch size: cold (`ray.init`, worker start-up
-  and model loading included) and warm (a second job of the same driver: the workers keep their editors), the
-  ratio of each to the local path at the same batch size, and Ray's overhead per sample.
+  and model loading included) and warm (a later job of the same driver: the workers keep their editors), the
+  ratio of each to the local path at the same batch size (run again, interleaved with the warm runs), and
+  Ray's overhead per sample.
 
 Every row renders the same job (the full path: synthesis, segmentation, PNG encoding, tar shards, manifest)
 into a fresh folder; the Ray rows' shards are checked equal to the local row's.
 
-    python bench/batch.py [--items 32] [--batch-sizes 1,8,32] [--no-ray]
+With `--repeat N` the local rows run N times, interleaved (1, 8, 32, 1, 8, 32, ...), and the warm Ray row N
+times; the table shows medians (use it on a shared, noisy machine).
+
+    python bench/batch.py [--items 32] [--batch-sizes 1,8,32] [--repeat 1] [--no-ray]
 """
 from __future__ import annotations
 
 import argparse
 import functools
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -79,6 +84,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=32, help="latents (seeds) per job")
     parser.add_argument("--batch-sizes", default="1,8,32")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per row (medians)")
     parser.add_argument("--no-ray", action="store_true")
     args = parser.parse_args(argv)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -103,10 +109,14 @@ def main(argv=None):
         first = next(iter(rows.values()))[0]
         print(f"| {name} | {seconds:.2f} | {samples / seconds:.1f} | {first / seconds:.2f}x |", flush=True)
 
-    for batch_size in sizes:
-        job = make_job(work, editor, args.items, batch_size)
-        seconds, summary = timed(lambda: run_local(editor, job, work / f"local{batch_size}"))
-        row(f"local, {batch_size} latents/synthesis", seconds, summary["samples"])
+    runs = {batch_size: [] for batch_size in sizes}
+    for rep in range(args.repeat):
+        for batch_size in sizes:
+            job = make_job(work, editor, args.items, batch_size)
+            runs[batch_size].append(timed(lambda: run_local(editor, job, work / f"local{batch_size}_{rep}")))
+    for batch_size, measured in runs.items():
+        row(f"local, {batch_size} latents/synthesis", statistics.median(s for s, _ in measured),
+            measured[0][1]["samples"])
     if args.no_ray:
         return
     import ray
@@ -120,17 +130,22 @@ def main(argv=None):
         workers, threads = pool_shape(ray, job.num_shards, None, 0)
         shape = f"{workers} worker{'s' * (workers > 1)} x {threads} thread{'s' * (threads > 1)}"
         cold = time.perf_counter() - start + timed(lambda: run_ray(make_editor, job, work / "ray_cold"))[0]
-        warm, summary = timed(lambda: run_ray(make_editor, job, work / "ray_warm"))
+        warm_runs, paired_local = [], []
+        for rep in range(args.repeat):  # interleaved with the local path, so both see the same machine load
+            warm_runs.append(timed(lambda: run_ray(make_editor, job, work / f"ray_warm{rep}")))
+            paired_local.append(timed(lambda: run_local(editor, job, work / f"local_paired{rep}"))[0])
     finally:
         ray.shutdown()
-    for name in ("ray_cold", "ray_warm"):
-        if shards_of(work / name) != shards_of(work / f"local{sizes[-1]}"):
+    for name in ["ray_cold"] + [f"ray_warm{rep}" for rep in range(args.repeat)]:
+        if shards_of(work / name) != shards_of(work / f"local{sizes[-1]}_0"):
             raise SystemExit(f"the Ray path's shards ({name}) differ from the local path's")
-    samples = summary["samples"]
+    samples = warm_runs[0][1]["samples"]
+    warm = statistics.median(s for s, _ in warm_runs)
     row(f"Ray Data cold ({shape}, `ray.init` {init_s:.1f} s included), {sizes[-1]} latents/synthesis", cold, samples)
     row(f"Ray Data warm (second job of the driver), {sizes[-1]} latents/synthesis", warm, samples)
-    local_s = rows[f"local, {sizes[-1]} latents/synthesis"][0]
-    print(f"\nRay / local at {sizes[-1]} latents/synthesis: cold {cold / local_s:.2f}x, warm {warm / local_s:.2f}x "
+    local_s = statistics.median(paired_local)
+    print(f"\nlocal path at {sizes[-1]} latents/synthesis, interleaved with the warm Ray runs: {local_s:.2f} s")
+    print(f"Ray / local at {sizes[-1]} latents/synthesis: cold {cold / local_s:.2f}x, warm {warm / local_s:.2f}x "
           f"time; overhead per sample: warm {1000 * (warm - local_s) / samples:.1f} ms, cold "
           f"{1000 * (cold - local_s) / samples:.1f} ms; one-time start-up (cold - warm) {cold - warm:.1f} s")
 
