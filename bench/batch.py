@@ -30,7 +30,7 @@ import torch
 
 from editgan_fast.batch import BatchJob, ShardSink, run_local, seed_items
 from editgan_fast.batch.render import _rendered_chunks, resolve_latent
-from editgan_fast.batch.shards import encode_members, tar_bytes
+from editgan_fast.batch.shards import encode_members, shard_bytes
 from editgan_fast.editor import EditVector, VectorLibrary, default_editor
 
 SCALES = (0.0, 0.5, 1.0)
@@ -56,27 +56,30 @@ def shards_of(folder: Path) -> dict:
     return {p.name: p.read_bytes() for p in sorted(folder.glob("shard-*.tar"))}
 
 
-def stage_costs(editor, job: BatchJob, folder: Path) -> dict:
-    """Seconds of each stage of the job's first synthesis, each run alone (median of 3)."""
+def stage_costs(editor, job: BatchJob, folder: Path, runs: int = 5) -> dict:
+    """Seconds of each stage of the job's first synthesis, each run alone: medians of `runs`, the stages
+    interleaved run by run (synthesis without and with segmentation alternate, so both see the same load)."""
     chunk = [item for _, item in job.shard_items(0)[:job.batch_size]]
-    costs = {}
-
-    def measure(name, fn):
-        runs = sorted(timed(fn) for _ in range(3))
-        costs[name] = runs[1][0]
-        return runs[1][1]
-
-    latents = measure("latents (mapping)", lambda: [resolve_latent(editor, job, item) for item in chunk])
     columns = {job.vector_library()["bench"]: list(SCALES)}
-    synthesis = measure("synthesis", lambda: editor.apply_many([(w, columns) for w in latents], labels=False))
-    both = measure("synthesis + segmentation", lambda: editor.apply_many([(w, columns) for w in latents]))
-    costs["segmentation"] = costs.pop("synthesis + segmentation") - costs["synthesis"]
-    del synthesis, both
+    latents = [resolve_latent(editor, job, item) for item in chunk]
     samples = next(_rendered_chunks(editor, job, 0))
-    encoded = measure("PNG + .npy encoding", lambda: encode_members(samples))
-    data = measure("tar", lambda: tar_bytes(m for _, members in encoded for m in members))
+    encoded = encode_members(samples)
+    data = shard_bytes(encoded, job.format)
     sink = ShardSink(folder, job)
-    measure("commit (shard + manifest)", lambda: sink.commit(0, data, [s.manifest_row() for s in samples]))
+    stages = {
+        "latents (mapping)": lambda: [resolve_latent(editor, job, item) for item in chunk],
+        "synthesis": lambda: editor.apply_many([(w, columns) for w in latents], labels=False),
+        "synthesis + segmentation": lambda: editor.apply_many([(w, columns) for w in latents]),
+        "PNG + .npy encoding": lambda: encode_members(samples),
+        "tar": lambda: shard_bytes(encoded, job.format),
+        "commit (shard + manifest)": lambda: sink.commit(0, data, [s.manifest_row() for s in samples]),
+    }
+    times = {name: [] for name in stages}
+    for _ in range(runs):
+        for name, fn in stages.items():
+            times[name].append(timed(fn)[0])
+    costs = {name: statistics.median(t) for name, t in times.items()}
+    costs["segmentation"] = costs.pop("synthesis + segmentation") - costs["synthesis"]
     return costs
 
 

@@ -12,7 +12,7 @@ import torch
 from .. import io
 from ..errors import FileFormatError
 from .job import BatchJob, Item
-from .shards import Sample, encode_members, tar_bytes
+from .shards import Sample, encode_members, shard_bytes
 
 
 def load_latent_file(editor, path) -> torch.Tensor:
@@ -73,14 +73,15 @@ def _rendered_chunks(editor, job: BatchJob, shard: int):
 
 def start_shard(editor, job: BatchJob, shard: int, encoder) -> Future:
     """Render the shard in this thread, a synthesis at a time, while `encoder` (an executor with ONE thread)
-    PNG-encodes each synthesis's samples as the next one renders; returns the future of (tar bytes, manifest
-    rows). PNG encoding releases the GIL, so it fills the gaps of the synthesis's threads. The assembling task
-    is queued behind the chunks' encodings on the same single thread, so it never waits for them."""
+    PNG-encodes each synthesis's samples as the next one renders; returns the future of (shard file bytes in the
+    job's format, manifest rows). PNG encoding releases the GIL, so it fills the gaps of the synthesis's
+    threads. The assembling task is queued behind the chunks' encodings on the same single thread, so it never
+    waits for them."""
     parts = [encoder.submit(encode_members, samples) for samples in _rendered_chunks(editor, job, shard)]
 
     def assemble():
         encoded = [pair for part in parts for pair in part.result()]
-        return tar_bytes(m for _, members in encoded for m in members), [s.manifest_row() for s, _ in encoded]
+        return shard_bytes(encoded, job.format), [s.manifest_row() for s, _ in encoded]
     return encoder.submit(assemble)
 
 
