@@ -174,7 +174,8 @@ class NameTheReplica:
 
 
 def _request_headers(pending_request) -> list:
-    """The HTTP headers of a request being routed (the proxy passes its ASGI scope, pickled); [] for others."""
+    """The HTTP headers of a request being routed; [] for others. The proxy passes its ASGI scope pickled (by
+    itself, inside the cluster: the replica unpickles the same bytes), the body apart, so this is small."""
     args = getattr(pending_request, "args", None) or [None]
     request = args[0]
     if isinstance(request, bytes):
