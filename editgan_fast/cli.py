@@ -441,8 +441,9 @@ def _add_batch_command(command) -> None:
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                    help="run as a Ray Data pipeline: on a new local Ray instance, or on the cluster at ADDRESS "
                         "(e.g. auto or ray://head:10001)")
-    p.add_argument("--actors", type=int, help="with --ray: model-holding actors (default: one per CPU/GPU)")
-    p.add_argument("--gpus-per-actor", type=float, default=0, help="with --ray: GPUs per actor (e.g. 1 or 0.5)")
+    p.add_argument("--actors", type=int, help="with --ray: concurrent model-holding workers (default: one per "
+                                                 "CPU/GPU, at most one per shard)")
+    p.add_argument("--gpus-per-actor", type=float, default=0, help="with --ray: GPUs per worker (e.g. 1 or 0.5)")
 
 
 def build_parser() -> argparse.ArgumentParser:
