@@ -1,6 +1,6 @@
 """The batch job on a local Ray cluster (2 CPUs, 127.0.0.1, started and shut down here): a resumed run whose
 worker is killed mid-job ends with the same shards, byte for byte, as the local path, and a complete manifest;
-a second job of the same driver reuses the editor its workers built; the pool is sized to the work."""
+a second job of the same driver (in Parquet) reuses the editor its workers built; the pool fits the work."""
 import os
 import signal
 from pathlib import Path
@@ -89,11 +89,11 @@ def test_a_second_job_reuses_the_workers_editor_and_the_pool_fits_the_work(clust
     log = tmp_path / "builds.log"
     make = functools.partial(counting_editor, str(log))
     first = small_job(tmp_path, seeds="0-1", scales=((1.0,),), shard_size=2)
-    second = small_job(tmp_path, seeds="2-3", scales=((1.0,),), shard_size=2)
+    second = small_job(tmp_path, seeds="2-3", scales=((1.0,),), shard_size=2, format="parquet")
     assert run_ray(make, first, tmp_path / "first")["rendered_shards"] == 1
     assert run_ray(make, second, tmp_path / "second")["rendered_shards"] == 1
     assert len(log.read_text().split()) == 1, "the second job built the editor again"
     editor = make_editor()
     run_local(editor, second, tmp_path / "local")
-    assert (tmp_path / "second" / "shard-000000.tar").read_bytes() == \
-        (tmp_path / "local" / "shard-000000.tar").read_bytes()
+    assert (tmp_path / "second" / "shard-000000.parquet").read_bytes() == \
+        (tmp_path / "local" / "shard-000000.parquet").read_bytes()
