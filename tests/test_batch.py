@@ -1,9 +1,7 @@
 """The local batch path: shards hold what `Editor.apply` gives, batch sizes agree, interrupted runs resume."""
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from batch_helpers import editor as make_editor, manifest, manifest_keys, read_shards, shard_members, small_job
 from editgan_fast import io
