@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import statistics
 import tempfile
 import time
@@ -95,7 +96,9 @@ def main(argv=None):
     editor.apply_many([(editor.sample(0), {})])  # warm-up: kernels and caches
     work = Path(tempfile.mkdtemp(prefix="bench_batch_"))
     print(f"batch job: {args.items} latents x {len(SCALES)} scales, bundled model "
-          f"({editor.generator.resolution} px), {torch.get_num_threads()} threads locally\n")
+          f"({editor.generator.resolution} px), {torch.get_num_threads()} threads locally, OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY', 'default')} (PASSIVE: no spin-waiting, which a loaded machine "
+          f"punishes)\n")
 
     costs = stage_costs(editor, make_job(work, editor, args.items, sizes[-1]), work / "stages")
     total = sum(costs.values())
