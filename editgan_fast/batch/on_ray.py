@@ -10,7 +10,7 @@ fewer shards than CPUs, fewer workers each get more threads (one shard on 2 CPUs
 
 A worker that dies mid-shard (killed, out of memory) has its task retried (Ray's default for tasks: up to 3
 times, so a shard that kills every worker fails the job); a retried shard is committed once, under its index.
-Shards travel back through Ray's object store as tar bytes, so workers need no shared filesystem for the output;
+Shards travel back through Ray's object store as file bytes, so workers need no shared filesystem for the output;
 latent and photo folders must be readable at the same path on every node (seeds need nothing).
 """
 from __future__ import annotations
@@ -51,16 +51,16 @@ def _use_assigned_cpus() -> None:
 
 
 def render_shards(batch: dict, make_editor, job: BatchJob) -> dict:
-    """The Ray Data map: one output row (shard index, tar bytes, manifest rows as JSON) per input shard index."""
+    """The Ray Data map: one output row (shard index, shard file bytes, manifest rows as JSON) per input shard."""
     _use_assigned_cpus()
     editor = worker_editor(make_editor)
-    shards, tars, rows = [], [], []
+    shards, files, rows = [], [], []
     for shard in batch["shard"]:
         data, shard_rows = render_shard(editor, job, int(shard))
         shards.append(int(shard))
-        tars.append(data)
+        files.append(data)
         rows.append(json.dumps(shard_rows))
-    return {"shard": np.array(shards), "tar": np.array(tars, dtype=object), "rows": np.array(rows, dtype=object)}
+    return {"shard": np.array(shards), "file": np.array(files, dtype=object), "rows": np.array(rows, dtype=object)}
 
 
 def _ray():
@@ -109,7 +109,7 @@ def run_ray(make_editor, job: BatchJob, out, address: str | None = None, actors:
                                            num_gpus=num_gpus or None)
             for row in rendered.iter_rows():
                 rows = json.loads(row["rows"])
-                sink.commit(int(row["shard"]), row["tar"], rows)
+                sink.commit(int(row["shard"]), row["file"], rows)
                 meter.add(len(rows))
     finally:
         stats = meter.close()
