@@ -409,7 +409,7 @@ def cmd_batch(args):
             raise UsageError(f"--scales takes comma-separated numbers, got {text!r}") from None
     job = batch.BatchJob.create(items, args.vectors, scales, shard_size=args.shard_size,
                                 batch_size=args.batch_size, embed_steps=args.embed_steps,
-                                truncation=args.truncation)
+                                truncation=args.truncation, format=args.format)
     if args.ray is None and (args.actors or args.gpus_per_actor):
         raise UsageError("--actors and --gpus-per-actor need --ray")
     from .editor.progress import enabled
@@ -432,6 +432,8 @@ def _add_batch_command(command) -> None:
                    help="comma-separated scales: once (each vector alone at each scale) or once per vector "
                         "(the grid of all combinations); default 1")
     p.add_argument("--out", required=True, help="output folder (shards + manifest.json); a rerun resumes")
+    p.add_argument("--format", choices=("webdataset", "parquet"), default="webdataset",
+                   help="shard files: WebDataset tars, or Parquet with PNG bytes columns (needs pyarrow)")
     p.add_argument("--shard-size", type=int, default=64, help="items per shard (each with all its settings)")
     p.add_argument("--batch-size", type=int, default=8, help="latents per synthesis (each with all settings)")
     p.add_argument("--embed-steps", type=int, default=100)
@@ -439,8 +441,9 @@ def _add_batch_command(command) -> None:
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                    help="run as a Ray Data pipeline: on a new local Ray instance, or on the cluster at ADDRESS "
                         "(e.g. auto or ray://head:10001)")
-    p.add_argument("--actors", type=int, help="with --ray: model-holding actors (default: one per CPU/GPU)")
-    p.add_argument("--gpus-per-actor", type=float, default=0, help="with --ray: GPUs per actor (e.g. 1 or 0.5)")
+    p.add_argument("--actors", type=int, help="with --ray: concurrent model-holding workers (default: one per "
+                                                 "CPU/GPU, at most one per shard)")
+    p.add_argument("--gpus-per-actor", type=float, default=0, help="with --ray: GPUs per worker (e.g. 1 or 0.5)")
 
 
 def build_parser() -> argparse.ArgumentParser:

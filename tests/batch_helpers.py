@@ -36,24 +36,37 @@ def small_job(tmp_path, seeds="0-3", scales=((0.0, 1.0),), **options) -> BatchJo
     return BatchJob.create(seed_items(seeds), library, scales, **options)
 
 
+def shard_members(out) -> list:
+    """(key, member suffix, bytes) of every sample member of every shard, tar or Parquet, in order."""
+    members = []
+    for path in sorted(Path(out).glob("shard-*.*")):
+        if path.suffix == ".tar":
+            with tarfile.open(path) as tar:
+                for member in tar.getmembers():
+                    key, _, ext = member.name.partition(".")
+                    members.append((key, ext, tar.extractfile(member).read()))
+        else:
+            import pyarrow.parquet as pq
+            for row in pq.read_table(path).to_pylist():
+                members += [(row["key"], ext, row[ext.replace(".", "_")])
+                            for ext in ("png", "labels.png", "latent.npy", "json")]
+    return members
+
+
 def read_shards(out) -> dict:
     """{key: {"png": uint8 [H, W, 3], "labels": int [h, w], "latent": float32, "json": dict}} of every shard."""
     samples = {}
-    for path in sorted(Path(out).glob("shard-*.tar")):
-        with tarfile.open(path) as tar:
-            for member in tar.getmembers():
-                key, _, ext = member.name.partition(".")
-                data = tar.extractfile(member).read()
-                if ext == "png":
-                    value = np.asarray(Image.open(bytes_io.BytesIO(data)).convert("RGB"))
-                elif ext == "labels.png":
-                    value = np.asarray(Image.open(bytes_io.BytesIO(data)))
-                elif ext == "latent.npy":
-                    value = np.load(bytes_io.BytesIO(data), allow_pickle=False)
-                else:
-                    value = json.loads(data)
-                name = {"labels.png": "labels", "latent.npy": "latent"}.get(ext, ext)
-                samples.setdefault(key, {})[name] = value
+    for key, ext, data in shard_members(out):
+        if ext == "png":
+            value = np.asarray(Image.open(bytes_io.BytesIO(data)).convert("RGB"))
+        elif ext == "labels.png":
+            value = np.asarray(Image.open(bytes_io.BytesIO(data)))
+        elif ext == "latent.npy":
+            value = np.load(bytes_io.BytesIO(data), allow_pickle=False)
+        else:
+            value = json.loads(data)
+        name = {"labels.png": "labels", "latent.npy": "latent"}.get(ext, ext)
+        samples.setdefault(key, {})[name] = value
     return samples
 
 

@@ -1,11 +1,9 @@
 """The local batch path: shards hold what `Editor.apply` gives, batch sizes agree, interrupted runs resume."""
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from batch_helpers import editor as make_editor, manifest, manifest_keys, read_shards, small_job
+from batch_helpers import editor as make_editor, manifest, manifest_keys, read_shards, shard_members, small_job
 from editgan_fast import io
 from editgan_fast.batch import local, parse_seeds, run_local, settings_grid
 from editgan_fast.editor import VectorLibrary
@@ -70,22 +68,22 @@ def test_an_interrupted_run_resumes_and_loses_only_the_shard_in_flight(editor, t
     run_local(editor, job, reference)
 
     out = tmp_path / "out"
-    real = local.render_shard
+    real = local.start_shard
     calls = []
 
-    def crash_on_second_shard(*args):
-        calls.append(args[-1])
+    def crash_on_second_shard(editor, job, shard, encoder):
+        calls.append(shard)
         if len(calls) == 2:
-            raise KeyboardInterrupt  # the process dies while rendering shard 1
-        return real(*args)
+            raise KeyboardInterrupt  # the process dies while rendering shard 1 (shard 0 is still encoding)
+        return real(editor, job, shard, encoder)
 
-    monkeypatch.setattr(local, "render_shard", crash_on_second_shard)
+    monkeypatch.setattr(local, "start_shard", crash_on_second_shard)
     with pytest.raises(KeyboardInterrupt):
         run_local(editor, job, out)
     assert sorted(manifest(out)["shards"]) == ["0"]
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "shard-000000.tar"]  # no temp files left
 
-    monkeypatch.setattr(local, "render_shard", real)
+    monkeypatch.setattr(local, "start_shard", real)
     (out / "shard-000000.tar").write_bytes(b"torn")  # a damaged finished shard is rendered again
     summary = run_local(editor, job, out)
     assert summary["rendered_shards"] == 3 and summary["skipped_shards"] == 0
@@ -121,3 +119,27 @@ def test_latent_folders_and_bad_latents(editor, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputValueError, match="no latents"):
         latent_items(tmp_path / "empty")
+
+
+def test_parquet_shards_hold_the_same_bytes_as_the_tars_and_resume(editor, tmp_path):
+    pytest.importorskip("pyarrow")
+    tars = small_job(tmp_path, seeds="0-2", scales=((0.0, 1.0),))
+    parquet = small_job(tmp_path, seeds="0-2", scales=((0.0, 1.0),), format="parquet")
+    assert tars.digest() != parquet.digest()  # a folder of one format refuses the other
+    run_local(editor, tars, tmp_path / "tar")
+    summary = run_local(editor, parquet, tmp_path / "parquet")
+    assert summary["shards"] == 2 and summary["samples"] == 3 * 4  # 2 vectors alone at 2 scales each
+    assert sorted(p.name for p in (tmp_path / "parquet").iterdir()) == \
+        ["manifest.json", "shard-000000.parquet", "shard-000001.parquet"]
+    assert shard_members(tmp_path / "parquet") == shard_members(tmp_path / "tar")  # every member's bytes
+    assert manifest_keys(tmp_path / "parquet") == manifest_keys(tmp_path / "tar")
+    first = (tmp_path / "parquet" / "shard-000000.parquet").read_bytes()
+    (tmp_path / "parquet" / "shard-000001.parquet").write_bytes(b"torn")
+    summary = run_local(editor, parquet, tmp_path / "parquet")  # deterministic: the same bytes again
+    assert summary["rendered_shards"] == 1 and summary["skipped_shards"] == 1
+    run_local(editor, parquet, tmp_path / "again")
+    assert (tmp_path / "again" / "shard-000000.parquet").read_bytes() == first
+    with pytest.raises(MismatchError, match="another batch job"):
+        run_local(editor, tars, tmp_path / "parquet")
+    with pytest.raises(InputValueError, match="shard format"):
+        small_job(tmp_path, format="zip")

@@ -23,6 +23,9 @@ def test_batch_command_writes_and_resumes(capsys, tmp_path):
     assert [s["json"]["setting"] for s in samples.values()][:2] == [{"a": 0.0, "b": -1.0}, {"a": 1.0, "b": -1.0}]
     code, out, _ = run(capsys, *argv)
     assert code == 0 and out["rendered_shards"] == 0 and out["skipped_shards"] == 2
+    code, out, err = run(capsys, *argv[:-4], "--out", tmp_path / "parquet", "--format", "parquet")
+    assert code == 0 and out["samples"] == 2 * 2, err
+    assert read_shards(tmp_path / "parquet").keys() == samples.keys()
 
 
 def test_batch_command_bad_input_is_one_line(capsys, tmp_path):

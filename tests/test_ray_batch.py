@@ -1,5 +1,6 @@
 """The batch job on a local Ray cluster (2 CPUs, 127.0.0.1, started and shut down here): a resumed run whose
-worker is killed mid-job ends with the same shards, byte for byte, as the local path, and a complete manifest."""
+worker is killed mid-job ends with the same shards, byte for byte, as the local path, and a complete manifest;
+a second job of the same driver (in Parquet) reuses the editor its workers built; the pool fits the work."""
 import os
 import signal
 from pathlib import Path
@@ -8,7 +9,7 @@ import pytest
 
 from batch_helpers import editor as make_editor, manifest, manifest_keys, small_job
 from editgan_fast.batch import local, run_local
-from editgan_fast.batch.on_ray import ShardRenderer, run_ray
+from editgan_fast.batch.on_ray import pool_shape, render_shards, run_ray
 from editgan_fast.editor import default_editor
 
 ray = pytest.importorskip("ray")
@@ -16,19 +17,21 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 TIME_LIMIT_S = 420
 
 
-class DiesOnce(ShardRenderer):
+def dies_once(batch, make_editor, job):
     """Kills its worker process (no cleanup, like an OOM kill) on its first shard unless the marker file
     `killed.pid` beside the job's vector library exists (so exactly one worker dies per test)."""
+    marker = Path(job.vectors_file).parent / "killed.pid"
+    if not marker.exists():
+        marker.write_text(str(os.getpid()))
+        os._exit(1)
+    return render_shards(batch, make_editor, job)
 
-    def __init__(self, make_editor, job):
-        super().__init__(make_editor, job)
-        self.marker = Path(job.vectors_file).parent / "killed.pid"
 
-    def __call__(self, batch):
-        if not self.marker.exists():
-            self.marker.write_text(str(os.getpid()))
-            os._exit(1)
-        return super().__call__(batch)
+def counting_editor(log):
+    """The default editor, appending this worker's pid to `log` for every build."""
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return default_editor(progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -58,16 +61,16 @@ def test_ray_resumes_survives_a_killed_worker_and_equals_the_local_path(cluster,
     run_local(editor, job, tmp_path / "local")
 
     # an earlier run that finished shard 0 only
-    real = local.render_shard
-    monkeypatch.setattr(local, "render_shard",
-                        lambda ed, jb, shard: real(ed, jb, shard) if shard == 0 else (_ for _ in ()).throw(
-                            KeyboardInterrupt))
+    real = local.start_shard
+    monkeypatch.setattr(local, "start_shard",
+                        lambda ed, jb, shard, encoder: real(ed, jb, shard, encoder) if shard == 0
+                        else (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         run_local(editor, job, tmp_path / "ray")
-    monkeypatch.setattr(local, "render_shard", real)
+    monkeypatch.setattr(local, "start_shard", real)
 
     marker = tmp_path / "killed.pid"
-    summary = run_ray(make_default_editor, job, tmp_path / "ray", actors=1, renderer=DiesOnce)
+    summary = run_ray(make_default_editor, job, tmp_path / "ray", actors=1, renderer=dies_once)
     assert marker.exists(), "the worker was never killed"
     assert summary["skipped_shards"] == 1 and summary["rendered_shards"] == 3 and summary["shards"] == 4
     keys = manifest_keys(tmp_path / "ray")
@@ -76,3 +79,21 @@ def test_ray_resumes_survives_a_killed_worker_and_equals_the_local_path(cluster,
     for shard in range(4):
         name = f"shard-{shard:06d}.tar"
         assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
+
+
+def test_a_second_job_reuses_the_workers_editor_and_the_pool_fits_the_work(cluster, tmp_path):
+    import functools
+    assert pool_shape(cluster, 1, None, 0) == (1, 2)   # one shard: one worker with both CPUs
+    assert pool_shape(cluster, 5, None, 0) == (2, 1)   # more shards than CPUs: a worker per CPU
+    assert pool_shape(cluster, 5, 1, 0) == (1, 2)
+    log = tmp_path / "builds.log"
+    make = functools.partial(counting_editor, str(log))
+    first = small_job(tmp_path, seeds="0-1", scales=((1.0,),), shard_size=2)
+    second = small_job(tmp_path, seeds="2-3", scales=((1.0,),), shard_size=2, format="parquet")
+    assert run_ray(make, first, tmp_path / "first")["rendered_shards"] == 1
+    assert run_ray(make, second, tmp_path / "second")["rendered_shards"] == 1
+    assert len(log.read_text().split()) == 1, "the second job built the editor again"
+    editor = make_editor()
+    run_local(editor, second, tmp_path / "local")
+    assert (tmp_path / "second" / "shard-000000.parquet").read_bytes() == \
+        (tmp_path / "local" / "shard-000000.parquet").read_bytes()

@@ -5,7 +5,7 @@ resumable WebDataset tar shards plus a manifest.
     run_local(editor, job, "out/")                    # in-process
     run_ray(make_editor, job, "out/", address=None)   # the same shards through a Ray Data pipeline
 
-Both paths render a shard with the same `render_shard`, so their shards are byte-identical on the same backend.
+Both paths render a shard with the same `start_shard`, so their shards are byte-identical on the same backend.
 """
 from .job import BatchJob, Item, Setting, photo_items, latent_items, parse_seeds, seed_items, settings_grid
 from .local import run_local

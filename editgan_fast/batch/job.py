@@ -16,6 +16,7 @@ from ..editor.vectors import EditVector, VectorLibrary
 from ..errors import InputValueError
 
 LATENT_SUFFIXES = (".npy", ".npz")
+FORMATS = ("webdataset", "parquet")
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
@@ -88,7 +89,8 @@ def settings_grid(names: list[str], scales: list[list[float]]) -> list[Setting]:
 @dataclass(frozen=True)
 class BatchJob:
     """`items` x `settings`, `shard_size` items per shard (each shard holds every setting of its items),
-    `batch_size` latents per synthesis (each with all its settings), `embed_steps` for photo items."""
+    `batch_size` latents per synthesis (each with all its settings), `embed_steps` for photo items, shards
+    written as `format` (FORMATS: WebDataset tars or Parquet files)."""
     items: tuple
     vectors_file: str
     settings: tuple
@@ -96,6 +98,7 @@ class BatchJob:
     batch_size: int = 8
     embed_steps: int = 100
     truncation: float = 0.7
+    format: str = "webdataset"
     vectors: tuple = field(default=(), compare=False, repr=False)
 
     @classmethod
@@ -107,6 +110,11 @@ class BatchJob:
         for key in ("shard_size", "batch_size"):
             if key in options and (not isinstance(options[key], int) or options[key] < 1):
                 raise InputValueError(f"{key} must be an integer >= 1, got {options[key]!r}")
+        if options.get("format", "webdataset") not in FORMATS:
+            raise InputValueError(f"the shard format is one of {', '.join(FORMATS)}, got {options['format']!r}")
+        if options.get("format") == "parquet":
+            from .shards import require_pyarrow
+            require_pyarrow()
         settings = settings_grid(library.names, [list(s) for s in scales])
         return cls(tuple(items), str(Path(vectors_file).resolve()), tuple(settings), vectors=tuple(library),
                    **options)
@@ -130,7 +138,7 @@ class BatchJob:
                              "sha256": hashlib.sha256(v.delta.numpy().tobytes()).hexdigest()}
                             for v in self.vector_library().values()],
                 "settings": [dict(s) for s in self.settings], "shard_size": self.shard_size,
-                "embed_steps": self.embed_steps, "truncation": self.truncation}
+                "embed_steps": self.embed_steps, "truncation": self.truncation, "format": self.format}
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.describe(), sort_keys=True).encode()).hexdigest()[:16]

@@ -1,7 +1,9 @@
 """Render one shard: resolve its items' latents, apply every setting to `batch_size` latents per synthesis
-(`Editor.apply_many`), and encode each (item, setting) sample. The local and the Ray path both call this."""
+(`Editor.apply_many`), and encode each (item, setting) sample (on a second thread, overlapping the next
+synthesis). The local and the Ray path both call this."""
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,7 @@ import torch
 from .. import io
 from ..errors import FileFormatError
 from .job import BatchJob, Item
-from .shards import Sample, encode_shard
+from .shards import Sample, encode_members, shard_bytes
 
 
 def load_latent_file(editor, path) -> torch.Tensor:
@@ -46,20 +48,19 @@ def _scale_columns(job: BatchJob, vectors: dict) -> dict:
     return {vectors[name]: [s.get(name, 0.0) for s in settings] for name in used}
 
 
-def render_shard(editor, job: BatchJob, shard: int) -> tuple[bytes, list[dict]]:
-    """The shard's tar bytes and its manifest rows (one per sample, in order)."""
+def _rendered_chunks(editor, job: BatchJob, shard: int):
+    """The shard's samples, one list per synthesis (`batch_size` latents, each with all its settings), in order."""
     vectors = job.vector_library()
     for v in vectors.values():
         v.check_compatible(editor.fingerprint, editor.generator.num_ws, editor.generator.style_dim)
     columns = _scale_columns(job, vectors)
     entries = job.shard_items(shard)
-    samples = []
     for start in range(0, len(entries), job.batch_size):
         chunk = [(index, item, resolve_latent(editor, job, item))
                  for index, item in entries[start:start + job.batch_size]]
         result = editor.apply_many([(latent, columns) for _, _, latent in chunk])
         images, labels = result.image.cpu(), result.labels.cpu()
-        row = 0
+        samples, row = [], 0
         for index, item, latent in chunk:
             for k, setting in enumerate(job.settings):
                 wplus = editor.edited_wplus(latent, {vectors[name]: scale for name, scale in setting}).cpu()
@@ -67,4 +68,24 @@ def render_shard(editor, job: BatchJob, shard: int) -> tuple[bytes, list[dict]]:
                                       {"item": item.id, "kind": item.kind, "ref": item.ref,
                                        "setting": dict(setting)}))
                 row += 1
-    return encode_shard(samples), [s.manifest_row() for s in samples]
+        yield samples
+
+
+def start_shard(editor, job: BatchJob, shard: int, encoder) -> Future:
+    """Render the shard in this thread, a synthesis at a time, while `encoder` (an executor with ONE thread)
+    PNG-encodes each synthesis's samples as the next one renders; returns the future of (shard file bytes in the
+    job's format, manifest rows). PNG encoding releases the GIL, so it fills the gaps of the synthesis's
+    threads. The assembling task is queued behind the chunks' encodings on the same single thread, so it never
+    waits for them."""
+    parts = [encoder.submit(encode_members, samples) for samples in _rendered_chunks(editor, job, shard)]
+
+    def assemble():
+        encoded = [pair for part in parts for pair in part.result()]
+        return shard_bytes(encoded, job.format), [s.manifest_row() for s, _ in encoded]
+    return encoder.submit(assemble)
+
+
+def render_shard(editor, job: BatchJob, shard: int) -> tuple[bytes, list[dict]]:
+    """The shard's tar bytes and its manifest rows (one per sample, in order)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="encode") as encoder:
+        return start_shard(editor, job, shard, encoder).result()
