@@ -94,7 +94,6 @@ def current() -> _Selection:
     return _Selection(*_current())
 
 
-@torch.compiler.assume_constant_result
 def _current() -> tuple:
     """(name, dtype) of the selection. torch.compile cannot trace a ContextVar read, so a compiled graph bakes in
     the selection made when it was traced (compile under the `use_backend` you will run it with)."""
@@ -102,6 +101,12 @@ def _current() -> tuple:
     # A thread that never called use/set_backend sees the process-wide default.
     sel = sel if sel != _Selection("auto", None) else _global_default
     return sel.name, sel.dtype
+
+
+# What torch.compiler.assume_constant_result(_current) does, without its import of torch._dynamo (~1.7 s added to
+# every process start: each CLI command, each Ray worker). tests/test_compile.py's zero-graph-break traces fail if
+# a torch release stops honouring the mark.
+_current._dynamo_marked_constant = True
 
 
 def compute_dtype(default: torch.dtype = torch.float32) -> torch.dtype:
