@@ -165,36 +165,39 @@ void axpy(double* __restrict y, const double* __restrict x, double w, int64_t K)
   for (int64_t k = 0; k < K; ++k) y[k] += w * x[k];
 }
 
-// The end of a tile's first layer in fp32 (Head::fused): h = ReLU(h + x W_d^T) in one pass over h, where h
-// [T, E*H1] already holds b1 and the projected groups' taps, x [T, Kd] the direct groups' resampled features
-// and W_d their W1 columns, packed as [E*H1 / 2L][Kd][2L] so that a block's weights stay in L1 for every
-// pixel of the tile. Per block of 2L hidden units and R pixels the accumulators start from h, take the Kd
-// products and are stored once, ReLU applied: no separate ReLU pass, no product packing per call.
+// A tile's linear layer + ReLU in fp32 with a packed weight (Head::fused): y = ReLU(init + x W^T) for T rows,
+// x [T, K] (row stride ldx), W [N, K] packed as [N / 2L][K][2L] so that a block's weights stay in L1 for every
+// row of the tile, y [T, N] (row stride ldy); init is y itself (bias == nullptr) or the bias row. Per block of 2L
+// outputs and R rows the accumulators take the K products in registers and are stored once, ReLU applied: no
+// separate bias/ReLU pass and no packing per call (the BLAS call it replaces packed W every tile). Used for
+// the first layer's direct groups (y = h, which already holds b1 and the projected groups' taps) and for the
+// second layer, member by member.
 constexpr int kFusedRows = 6;  // 6 x 2 accumulators + 2 weights + 1 broadcast: 15 of AVX2's 16 registers
 
 template <int L>
-EG_INLINE void direct_relu_body(float* h, int64_t T, int64_t EH1, const float* x, int64_t Kd, const float* wpack) {
+EG_INLINE void linear_relu_body(float* y, int64_t ldy, const float* bias, const float* x, int64_t ldx, int64_t T,
+                                int64_t N, int64_t K, const float* wpack) {
   using V = Lanes<L>;
   using f = typename V::f;
   constexpr int R = kFusedRows, NB = 2 * L;
   for (int64_t t0 = 0; t0 < T; t0 += R) {
     const int rows = (int)std::min<int64_t>(R, T - t0);
     const float* xr[R];
-    float* hr[R];
+    float* yr[R];
     for (int r = 0; r < R; ++r) {  // rows past T repeat row T-1 and are not stored
       const int64_t t = t0 + std::min(r, rows - 1);
-      xr[r] = x + t * Kd;
-      hr[r] = h + t * EH1;
+      xr[r] = x + t * ldx;
+      yr[r] = y + t * ldy;
     }
-    for (int64_t j0 = 0; j0 < EH1; j0 += NB) {
-      const float* wb = wpack + (j0 / NB) * Kd * NB;
+    for (int64_t j0 = 0; j0 < N; j0 += NB) {
+      const float* wb = wpack + (j0 / NB) * K * NB;
       f acc0[R], acc1[R];
 #pragma GCC unroll 6
       for (int r = 0; r < R; ++r) {
-        acc0[r] = V::load(hr[r] + j0);
-        acc1[r] = V::load(hr[r] + j0 + L);
+        acc0[r] = V::load((bias ? bias : yr[r]) + j0);
+        acc1[r] = V::load((bias ? bias : yr[r]) + j0 + L);
       }
-      for (int64_t k = 0; k < Kd; ++k) {
+      for (int64_t k = 0; k < K; ++k) {
         const f w0 = V::load(wb + k * NB), w1 = V::load(wb + k * NB + L);
 #pragma GCC unroll 6
         for (int r = 0; r < R; ++r) {
@@ -207,33 +210,39 @@ EG_INLINE void direct_relu_body(float* h, int64_t T, int64_t EH1, const float* x
 #pragma GCC unroll 6
       for (int r = 0; r < R; ++r) {
         if (r >= rows) break;
-        V::store(hr[r] + j0, acc0[r] < zero ? zero : acc0[r]);  // NaN stays NaN, as relu_
-        V::store(hr[r] + j0 + L, acc1[r] < zero ? zero : acc1[r]);
+        V::store(yr[r] + j0, acc0[r] < zero ? zero : acc0[r]);  // NaN stays NaN, as relu_
+        V::store(yr[r] + j0 + L, acc1[r] < zero ? zero : acc1[r]);
       }
     }
   }
 }
-
-// 2L hidden units per block: the fused pass runs when E*H1 is a multiple of it.
-int fused_block() { return editgan::active_isa() == editgan::Isa::Avx512 ? 32 : 16; }
-
-EG_TARGET_AVX512 void direct_relu_avx512(float* h, int64_t T, int64_t EH1, const float* x, int64_t Kd,
-                                         const float* wpack) {
-  direct_relu_body<16>(h, T, EH1, x, Kd, wpack);
-}
-EG_TARGET_AVX2 void direct_relu_avx2(float* h, int64_t T, int64_t EH1, const float* x, int64_t Kd,
-                                     const float* wpack) {
-  direct_relu_body<8>(h, T, EH1, x, Kd, wpack);
-}
-void direct_relu_portable(float* h, int64_t T, int64_t EH1, const float* x, int64_t Kd, const float* wpack) {
-  direct_relu_body<8>(h, T, EH1, x, Kd, wpack);
-}
-void direct_relu(float* h, int64_t T, int64_t EH1, const float* x, int64_t Kd, const float* wpack) {
+#define EG_LINEAR_RELU_PARAMS \
+  float *y, int64_t ldy, const float *bias, const float *x, int64_t ldx, int64_t T, int64_t N, int64_t K, \
+      const float *wpack
+#define EG_LINEAR_RELU_ARGS y, ldy, bias, x, ldx, T, N, K, wpack
+EG_TARGET_AVX512 void linear_relu_avx512(EG_LINEAR_RELU_PARAMS) { linear_relu_body<16>(EG_LINEAR_RELU_ARGS); }
+EG_TARGET_AVX2 void linear_relu_avx2(EG_LINEAR_RELU_PARAMS) { linear_relu_body<8>(EG_LINEAR_RELU_ARGS); }
+void linear_relu_portable(EG_LINEAR_RELU_PARAMS) { linear_relu_body<8>(EG_LINEAR_RELU_ARGS); }
+void linear_relu(EG_LINEAR_RELU_PARAMS) {
   switch (editgan::active_isa()) {
-    case editgan::Isa::Avx512: return direct_relu_avx512(h, T, EH1, x, Kd, wpack);
-    case editgan::Isa::Avx2: return direct_relu_avx2(h, T, EH1, x, Kd, wpack);
-    default: return direct_relu_portable(h, T, EH1, x, Kd, wpack);
+    case editgan::Isa::Avx512: return linear_relu_avx512(EG_LINEAR_RELU_ARGS);
+    case editgan::Isa::Avx2: return linear_relu_avx2(EG_LINEAR_RELU_ARGS);
+    default: return linear_relu_portable(EG_LINEAR_RELU_ARGS);
   }
+}
+#undef EG_LINEAR_RELU_PARAMS
+#undef EG_LINEAR_RELU_ARGS
+
+// 2L outputs per block of linear_relu (16 lanes on AVX-512, 8 elsewhere): a layer runs packed when its width is a
+// multiple of it.
+int packed_block() { return editgan::active_isa() == editgan::Isa::Avx512 ? 32 : 16; }
+
+// W [..., N, K] -> [..., N / nb, K, nb], linear_relu's layout.
+at::Tensor pack_weight(const at::Tensor& w, int64_t nb) {
+  const int64_t N = w.size(-2), K = w.size(-1);
+  std::vector<int64_t> shape(w.sizes().begin(), w.sizes().end() - 2);
+  shape.insert(shape.end(), {N / nb, nb, K});
+  return w.reshape(shape).transpose(-1, -2).contiguous();
 }
 
 // Taps of every output row (or column) for one source length, with the source offset already subtracted.
@@ -284,13 +293,14 @@ struct Head {
   bool is_direct(int64_t g) const { return direct[g].numel() > 0; }
   bool is_lazy(int64_t g) const { return !lazy_maps[g].empty(); }
   at::Tensor w2t_bf16;                      // defined: the second layer's products run in bf16 (fp32 accumulation)
-  // fp32 with E*H1 a multiple of fused_block(): the first layer runs fused (fused_first_layer), the direct groups'
-  // resampled features side by side in one [T, kd] block (group g's at column doff[g]) and their W1 columns
-  // packed in w1d_pack.
+  // fp32 with E*H1 a multiple of packed_block(): the first layer's direct products run in linear_relu, the direct
+  // groups' resampled features side by side in one [T, kd] block (group g's at column doff[g]) and their W1
+  // columns packed in w1d_pack. w2_pack defined (fp32, H2 a multiple of packed_block(), no bf16 products): the
+  // second layer runs in linear_relu too, member by member.
   bool fused = false;
   int64_t kd = 0;
   std::vector<int64_t> doff;
-  at::Tensor w1d_pack;
+  at::Tensor w1d_pack, w2_pack;
 };
 
 Head make_head(const std::vector<at::Tensor>& sources, const std::vector<at::Tensor>& direct,
@@ -400,7 +410,8 @@ Head make_head(const std::vector<at::Tensor>& sources, const std::vector<at::Ten
     }
   }
   h.b1 = b1;
-  h.fused = h.dtype == at::kFloat && h.EH1 % fused_block() == 0 && !std::getenv("EG_NOFUSED");  // TEMP A/B
+  const int64_t nb = packed_block();
+  h.fused = h.dtype == at::kFloat && h.EH1 % nb == 0 && !std::getenv("EG_NOFUSED");  // TEMP A/B
   std::vector<at::Tensor> direct_columns;
   for (int64_t g = 0; g < G; ++g) {
     h.doff.push_back(h.kd);
@@ -409,15 +420,14 @@ Head make_head(const std::vector<at::Tensor>& sources, const std::vector<at::Ten
       direct_columns.push_back(h.direct[g]);
     }
   }
-  if (h.fused && h.kd > 0) {
-    const int64_t nb = fused_block();
-    h.w1d_pack = at::cat(direct_columns, 1).view({h.EH1 / nb, nb, h.kd}).transpose(1, 2).contiguous();
-  }
+  if (h.fused && h.kd > 0) h.w1d_pack = pack_weight(at::cat(direct_columns, 1), nb);
+  if (h.dtype == at::kFloat && h.H2 % nb == 0 && !bf16_products && !std::getenv("EG_NOFUSED2"))  // TEMP A/B
+    h.w2_pack = pack_weight(w2, nb);  // [E, H2 / nb, H1, nb]
   h.w2 = w2;
   h.w2t = w2.transpose(1, 2);
   TORCH_CHECK(!bf16_products || h.dtype == at::kFloat, "seg_head: bf16 products need float32 weights");
   if (bf16_products) h.w2t_bf16 = h.w2t.to(at::kBFloat16);
-  h.b2 = b2.unsqueeze(1);
+  h.b2 = b2.contiguous().unsqueeze(1);  // [E, 1, H2]; linear_relu reads member e's row at e * H2
   h.w3s = w3.permute({1, 0, 2}).reshape({h.C, h.E * h.H2}) / (double)h.E;
   h.b3mean = b3.mean(0);
   // By default, tiles with a [tile, E*H1] hidden block of ~2.5 MB (256 pixels at the car configuration): the
@@ -542,7 +552,8 @@ void hidden_tile(const Head& hd, const Bases& bases, int64_t p0, int64_t T, at::
   }
   if constexpr (std::is_same_v<scalar_t, float>) {
     if (hd.fused) {
-      direct_relu(hp, T, hd.EH1, buf.data_ptr<float>(), hd.kd, hd.kd > 0 ? hd.w1d_pack.data_ptr<float>() : nullptr);
+      linear_relu(hp, hd.EH1, nullptr, buf.data_ptr<float>(), hd.kd, T, hd.EH1, hd.kd,
+                  hd.kd > 0 ? hd.w1d_pack.data_ptr<float>() : nullptr);
       return;
     }
   }
@@ -562,6 +573,14 @@ template <typename scalar_t>
 at::Tensor hidden_layers(const Head& hd, const Bases& bases, int64_t p0, int64_t T, at::Tensor& a1,
                          at::Tensor& buf) {
   hidden_tile<scalar_t>(hd, bases, p0, T, a1, buf);
+  if (hd.w2_pack.defined()) {  // z [T, E, H2] in memory, returned as the [E, T, H2] view
+    at::Tensor z = at::empty({T, hd.E, hd.H2}, a1.options());
+    for (int64_t e = 0; e < hd.E; ++e)
+      linear_relu(z.data_ptr<float>() + e * hd.H2, hd.E * hd.H2, hd.b2.data_ptr<float>() + e * hd.H2,
+                  a1.data_ptr<float>() + e * hd.H1, hd.EH1, T, hd.H2, hd.H1,
+                  hd.w2_pack.data_ptr<float>() + e * hd.H2 * hd.H1);
+    return z.transpose(0, 1);
+  }
   at::Tensor a1e = a1.view({T, hd.E, hd.H1}).transpose(0, 1);
   at::Tensor z = hd.w2t_bf16.defined() ? at::bmm(a1e.to(at::kBFloat16), hd.w2t_bf16).to(at::kFloat)
                                        : at::bmm(a1e, hd.w2t);  // [E, T, H2]
