@@ -21,7 +21,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <vector>
@@ -280,8 +279,10 @@ std::vector<int64_t> seg_head_source_range(int64_t src_len, int64_t out_len, int
 struct Head {
   std::vector<at::Tensor> sources, direct;
   // A lazy group (seg_head_infer) has no stored source: its maps' windows (channels first, [N, C_m, rows, cols])
-  // and W1 columns ([C_m, E*H1]) are projected one image at a time into a buffer while that image is computed.
-  std::vector<std::vector<at::Tensor>> lazy_maps, lazy_weights;
+  // are projected with its W1 columns (lazy_weight, [C_g, E*H1], the maps' channels in order) one image at a time
+  // into a buffer while that image is computed.
+  std::vector<std::vector<at::Tensor>> lazy_maps;
+  std::vector<at::Tensor> lazy_weight;
   std::vector<std::vector<editgan::LinearTaps>> ty, tx;
   std::vector<int64_t> rows, cols, K;  // the source window and its channels per pixel
   const int32_t* py;
@@ -307,19 +308,19 @@ Head make_head(const std::vector<at::Tensor>& sources, const std::vector<at::Ten
                at::IntArrayRef sizes, at::IntArrayRef offsets, const at::Tensor& pix_y, const at::Tensor& pix_x,
                int64_t out_h, int64_t out_w, int64_t mode, const at::Tensor& b1, const at::Tensor& w2,
                const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3, int64_t tile_pixels,
-               bool bf16_products, at::TensorList lazy_maps = {}, at::TensorList lazy_weights = {},
-               at::IntArrayRef lazy_groups = {}) {
+               bool bf16_products, bool packed, at::TensorList lazy_maps = {},
+               at::IntArrayRef lazy_groups = {}, at::TensorList lazy_weights = {}) {
   Head h;
   const int64_t G = (int64_t)sources.size();
-  TORCH_CHECK(lazy_maps.size() == lazy_weights.size() && lazy_maps.size() == lazy_groups.size(),
-              "seg_head: maps, map_weights and map_groups must have one entry per map");
+  TORCH_CHECK(lazy_maps.size() == lazy_groups.size() && (lazy_maps.empty() || (int64_t)lazy_weights.size() == G),
+              "seg_head: maps and map_groups need one entry per map, group_weights one per group");
   h.lazy_maps.resize(G);
-  h.lazy_weights.resize(G);
+  h.lazy_weight.resize(G);
   for (size_t i = 0; i < lazy_maps.size(); ++i) {
     TORCH_CHECK(0 <= lazy_groups[i] && lazy_groups[i] < G, "seg_head: map ", i, " names group ", lazy_groups[i],
                 " of ", G);
     h.lazy_maps[lazy_groups[i]].push_back(lazy_maps[i]);
-    h.lazy_weights[lazy_groups[i]].push_back(lazy_weights[i]);
+    h.lazy_weight[lazy_groups[i]] = lazy_weights[lazy_groups[i]];
   }
   TORCH_CHECK(G > 0 && (int64_t)direct.size() == G && (int64_t)sizes.size() == 2 * G &&
                   (int64_t)offsets.size() == 2 * G,
@@ -348,14 +349,17 @@ Head make_head(const std::vector<at::Tensor>& sources, const std::vector<at::Ten
     if (h.is_lazy(g)) {  // rows, cols and the batch from the maps' windows
       const at::Tensor& m0 = h.lazy_maps[g][0];
       if (h.N < 0) h.N = m0.size(0);
-      for (size_t m = 0; m < h.lazy_maps[g].size(); ++m) {
-        const at::Tensor &x = h.lazy_maps[g][m], &w = h.lazy_weights[g][m];
+      int64_t channels = 0;
+      for (const at::Tensor& x : h.lazy_maps[g]) {
         TORCH_CHECK(x.dim() == 4 && x.size(0) == h.N && x.size(2) == m0.size(2) && x.size(3) == m0.size(3) &&
-                        x.scalar_type() == h.dtype && w.is_contiguous() && w.scalar_type() == h.dtype &&
-                        w.sizes() == at::IntArrayRef({x.size(1), h.EH1}),
+                        x.scalar_type() == h.dtype,
                     "seg_head: the maps of lazy group ", g, " must be [N, C_m, rows, cols] windows of one size in "
-                    "the compute dtype, each with a [C_m, E*H1] weight");
+                    "the compute dtype");
+        channels += x.size(1);
       }
+      const at::Tensor& w = h.lazy_weight[g];
+      TORCH_CHECK(w.is_contiguous() && w.scalar_type() == h.dtype && w.sizes() == at::IntArrayRef({channels, h.EH1}),
+                  "seg_head: lazy group ", g, " needs a contiguous [C_g, E*H1] weight in the compute dtype");
       TORCH_CHECK(direct[g].numel() == 0, "seg_head: lazy group ", g, " cannot also be direct");
       h.rows.push_back(m0.size(2));
       h.cols.push_back(m0.size(3));
@@ -411,7 +415,7 @@ Head make_head(const std::vector<at::Tensor>& sources, const std::vector<at::Ten
   }
   h.b1 = b1;
   const int64_t nb = packed_block();
-  h.fused = h.dtype == at::kFloat && h.EH1 % nb == 0 && !std::getenv("EG_NOFUSED");  // TEMP A/B
+  h.fused = packed && h.dtype == at::kFloat && h.EH1 % nb == 0;
   std::vector<at::Tensor> direct_columns;
   for (int64_t g = 0; g < G; ++g) {
     h.doff.push_back(h.kd);
@@ -421,7 +425,7 @@ Head make_head(const std::vector<at::Tensor>& sources, const std::vector<at::Ten
     }
   }
   if (h.fused && h.kd > 0) h.w1d_pack = pack_weight(at::cat(direct_columns, 1), nb);
-  if (h.dtype == at::kFloat && h.H2 % nb == 0 && !bf16_products && !std::getenv("EG_NOFUSED2"))  // TEMP A/B
+  if (packed && h.dtype == at::kFloat && h.H2 % nb == 0 && !bf16_products)
     h.w2_pack = pack_weight(w2, nb);  // [E, H2 / nb, H1, nb]
   h.w2 = w2;
   h.w2t = w2.transpose(1, 2);
@@ -476,21 +480,24 @@ Bases stored_bases(const Head& hd, int64_t n) {
   return b;
 }
 
-// Image n's projection of every lazy group into projected[g] ([rows * cols, E*H1]), as ONE product per map:
-// P = sum_m x_m^T W1_m^T, reading the channels-first window as a transposed matrix (no copy when the window
-// spans whole rows of the map). Runs single-threaded inside a parallel region, multi-threaded outside.
+// Image n's projection of every lazy group into projected[g] ([rows * cols, E*H1]): P = sum_m x_m^T W1_m^T, one
+// product per map reading its channels-first window as a transposed matrix (no copy when the window spans whole
+// rows of the map; stacking the maps into one product measured the same). Runs single-threaded inside a
+// parallel region, multi-threaded outside.
 Bases project_image(const Head& hd, int64_t n, std::vector<at::Tensor>& projected) {
   Bases b = stored_bases(hd, n);
   for (size_t g = 0; g < b.size(); ++g) {
     if (!hd.is_lazy(g)) continue;
-    at::Tensor& P = projected[g];
-    for (size_t m = 0; m < hd.lazy_maps[g].size(); ++m) {
-      const at::Tensor x = hd.lazy_maps[g][m][n];  // [C_m, rows, cols]
-      const at::Tensor a = x.reshape({x.size(0), hd.rows[g] * hd.cols[g]}).t();
-      if (m == 0) at::mm_out(P, a, hd.lazy_weights[g][m]);
-      else P.addmm_(a, hd.lazy_weights[g][m]);
+    int64_t c0 = 0;
+    for (const at::Tensor& map : hd.lazy_maps[g]) {
+      const at::Tensor x = map[n].reshape({map.size(1), hd.rows[g] * hd.cols[g]}).t();
+      const at::Tensor w = hd.lazy_weight[g].narrow(0, c0, map.size(1));  // this map's rows of W1_g^T
+      if (c0 == 0) at::mm_out(projected[g], x, w);
+      else projected[g].addmm_(x, w);
+      c0 += map.size(1);
     }
-    b[g] = P.data_ptr();
+    b[g] = projected[g].data_ptr();
+    continue;
   }
   return b;
 }
@@ -710,9 +717,9 @@ at::Tensor seg_head_forward(at::TensorList sources, at::TensorList direct, at::I
                             at::IntArrayRef offsets, const at::Tensor& pix_y, const at::Tensor& pix_x,
                             int64_t out_h, int64_t out_w, int64_t mode, const at::Tensor& b1, const at::Tensor& w2,
                             const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3, int64_t tile_pixels,
-                            bool bf16_products) {
+                            bool bf16_products, bool packed) {
   Head hd = make_head(sources.vec(), direct.vec(), sizes, offsets, pix_y, pix_x, out_h, out_w, mode, b1, w2, b2,
-                      w3, b3, tile_pixels, bf16_products);
+                      w3, b3, tile_pixels, bf16_products, packed);
   at::Tensor out = at::empty({hd.N, hd.C, hd.npix}, b1.options());
   if (hd.npix == 0) return out;
   if (hd.dtype == at::kFloat) forward_impl<float>(hd, out);
@@ -721,16 +728,18 @@ at::Tensor seg_head_forward(at::TensorList sources, at::TensorList direct, at::I
 }
 
 // Inference (no autograd): like seg_head_forward, but the projected groups may be lazy -- their maps' windows
-// `maps` (channels first, [N, C_m, rows, cols]) with their W1 columns `map_weights` ([C_m, E*H1]), map i in
-// group map_groups[i] (its `sources` entry is then ignored) -- projected one image at a time inside the kernel,
+// `maps` (channels first, [N, C_m, rows, cols]), map i in group map_groups[i], with the group's W1 columns
+// `group_weights[g]` ([C_g, E*H1], the maps' channels in order; empty for other groups; its `sources` entry is
+// then ignored) -- projected one image at a time inside the kernel,
 // so a batch never holds every image's projections at once and each image's stay in cache while its tiles run.
 at::Tensor seg_head_infer(at::TensorList sources, at::TensorList direct, at::TensorList maps,
-                          at::TensorList map_weights, at::IntArrayRef map_groups, at::IntArrayRef sizes,
+                          at::IntArrayRef map_groups, at::TensorList group_weights, at::IntArrayRef sizes,
                           at::IntArrayRef offsets, const at::Tensor& pix_y, const at::Tensor& pix_x, int64_t out_h,
                           int64_t out_w, int64_t mode, const at::Tensor& b1, const at::Tensor& w2,
-                          const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3, int64_t tile_pixels) {
+                          const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3, int64_t tile_pixels,
+                          bool packed) {
   Head hd = make_head(sources.vec(), direct.vec(), sizes, offsets, pix_y, pix_x, out_h, out_w, mode, b1, w2, b2,
-                      w3, b3, tile_pixels, false, maps, map_weights, map_groups);
+                      w3, b3, tile_pixels, false, packed, maps, map_groups, group_weights);
   at::Tensor out = at::empty({hd.N, hd.C, hd.npix}, b1.options());
   if (hd.npix == 0) return out;
   if (hd.dtype == at::kFloat) forward_impl<float>(hd, out);
@@ -743,9 +752,9 @@ std::vector<at::Tensor> seg_head_backward(const at::Tensor& grad_out, at::Tensor
                                           const at::Tensor& pix_y, const at::Tensor& pix_x, int64_t out_h,
                                           int64_t out_w, int64_t mode, const at::Tensor& b1, const at::Tensor& w2,
                                           const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3, int64_t tile_pixels,
-                            bool bf16_products) {
+                            bool bf16_products, bool packed) {
   Head hd = make_head(sources.vec(), direct.vec(), sizes, offsets, pix_y, pix_x, out_h, out_w, mode, b1, w2, b2,
-                      w3, b3, tile_pixels, bf16_products);
+                      w3, b3, tile_pixels, bf16_products, packed);
   TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({hd.N, hd.C, hd.npix}) && grad_out.scalar_type() == hd.dtype,
               "seg_head_backward: grad_out must be [N, C, P] in the compute dtype");
   if (hd.npix == 0) {
@@ -766,15 +775,16 @@ TORCH_LIBRARY_FRAGMENT(editgan_fast, m) {
   m.def(
       "seg_head_forward(Tensor[] sources, Tensor[] direct_weights, int[] source_sizes, int[] source_offsets, "
       "Tensor pix_y, Tensor pix_x, int out_h, int out_w, int mode, Tensor b1, Tensor w2, Tensor b2, Tensor w3, "
-      "Tensor b3, int tile_pixels=0, bool bf16_products=False) -> Tensor");
+      "Tensor b3, int tile_pixels=0, bool bf16_products=False, bool packed=True) -> Tensor");
   m.def(
-      "seg_head_infer(Tensor[] sources, Tensor[] direct_weights, Tensor[] maps, Tensor[] map_weights, "
-      "int[] map_groups, int[] source_sizes, int[] source_offsets, Tensor pix_y, Tensor pix_x, int out_h, "
-      "int out_w, int mode, Tensor b1, Tensor w2, Tensor b2, Tensor w3, Tensor b3, int tile_pixels=0) -> Tensor");
+      "seg_head_infer(Tensor[] sources, Tensor[] direct_weights, Tensor[] maps, int[] map_groups, "
+      "Tensor[] group_weights, int[] source_sizes, int[] source_offsets, Tensor pix_y, Tensor pix_x, int out_h, "
+      "int out_w, int mode, Tensor b1, Tensor w2, Tensor b2, Tensor w3, Tensor b3, int tile_pixels=0, "
+      "bool packed=True) -> Tensor");
   m.def(
       "seg_head_backward(Tensor grad_out, Tensor[] sources, Tensor[] direct_weights, int[] source_sizes, "
       "int[] source_offsets, Tensor pix_y, Tensor pix_x, int out_h, int out_w, int mode, Tensor b1, Tensor w2, "
-      "Tensor b2, Tensor w3, Tensor b3, int tile_pixels=0, bool bf16_products=False) -> Tensor[]");
+      "Tensor b2, Tensor w3, Tensor b3, int tile_pixels=0, bool bf16_products=False, bool packed=True) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(editgan_fast, CPU, m) {

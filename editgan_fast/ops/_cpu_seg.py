@@ -41,6 +41,9 @@ _MODE = {"bilinear": 0, "nearest": 1}
 _PROJECTION_CHUNK_BYTES = 64 * 2**20  # fp32 temporary per projection step, bounds the peak in bf16 mode
 BAND_BYTES = 256 * 2**20  # projections alive at once (per band of output rows), bounds the peak memory
 TILE_PIXELS = 0  # pixels per tile; 0 lets the kernel size tiles for L2 (tests set tiny tiles)
+# fp32 layers whose width is a multiple of the kernel's block run in its packed linear+ReLU kernel; False sends
+# them to BLAS (the path of other widths), so tests cover both on one shape and benchmarks compare them.
+PACKED = True
 
 
 def _ops():
@@ -142,11 +145,11 @@ def _group_weight(stack, g):
     return hit[1]
 
 
-def _map_weights(stack, g):
-    """[C_m, E*H1] per map of the group: W1_m^T, contiguous, as the inference kernel projects with it."""
-    hit = g.weights.get(("maps", id(stack)))
+def _projection_weight(stack, g):
+    """[C_g, E*H1]: the group's W1 columns transposed, contiguous, as the inference kernel projects with them."""
+    hit = g.weights.get(("projection", id(stack)))
     if hit is None or hit[0] is not stack:
-        hit = g.weights[("maps", id(stack))] = (stack, [stack.w1[:, s].t().contiguous() for s in g.col_slices])
+        hit = g.weights[("projection", id(stack))] = (stack, _group_weight(stack, g).t().contiguous())
     return hit[1]
 
 
@@ -250,7 +253,7 @@ def _kernel_args(groups, sources, direct, ys, xs, out_size, mode, stack, bf16_pr
     sizes = [v for g in groups for v in g.size]
     offsets = [v for g in groups for v in (g.window[0], g.window[2])]
     return (sources, direct, sizes, offsets, ys, xs, out_size[0], out_size[1], _MODE[mode], *stack.mlp_tail(),
-            TILE_PIXELS, bf16_products)
+            TILE_PIXELS, bf16_products, PACKED)
 
 
 def _bands(features, out_size, mode, ys, xs, eh1, storage):
@@ -326,23 +329,24 @@ def _lazy_fits(groups, eh1, dtype):
 
 def _infer(features, stack, groups, ys, xs, out_size, mode, dtype):
     """The inference route (module docstring): projected groups handed over as their maps' windows."""
-    sources, direct, maps, map_weights, map_groups = [], [], [], [], []
+    sources, direct, maps, map_groups, weights = [], [], [], [], []
     empty = torch.empty(0, dtype=dtype)
     for k, g in enumerate(groups):
         if g.direct:
             sources.append(_direct_source(features, g, dtype))
             direct.append(_group_weight(stack, g))
+            weights.append(empty)
             continue
         sources.append(empty)
         direct.append(empty)
-        for i, w in zip(g.maps, _map_weights(stack, g)):
+        weights.append(_projection_weight(stack, g))
+        for i in g.maps:
             maps.append(_window(features[i], g).to(dtype))
-            map_weights.append(w)
             map_groups.append(k)
     sizes = [v for g in groups for v in g.size]
     offsets = [v for g in groups for v in (g.window[0], g.window[2])]
-    return _ops().seg_head_infer(sources, direct, maps, map_weights, map_groups, sizes, offsets, ys, xs,
-                                 out_size[0], out_size[1], _MODE[mode], *stack.mlp_tail(), TILE_PIXELS)
+    return _ops().seg_head_infer(sources, direct, maps, map_groups, weights, sizes, offsets, ys, xs,
+                                 out_size[0], out_size[1], _MODE[mode], *stack.mlp_tail(), TILE_PIXELS, PACKED)
 
 
 def seg_head_cpu(features, members, out_size, crop=None, mode="bilinear", region=None):
