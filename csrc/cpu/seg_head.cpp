@@ -12,6 +12,13 @@
 //   mean over members -> out[n, :, tile]. Nothing at full resolution larger than the output is ever built.
 //   With bf16_products (the bf16 mode on CPUs with native bf16) the second layer's per-tile products (the
 //   largest per-pixel GEMMs) run in bf16 with fp32 accumulation; the hidden activations stay fp32.
+//   In fp32, layers whose width is a multiple of packed_block() (the first layer's direct products, and the
+//   second layer member by member) run in linear_relu, a register-blocked product with pre-packed weights and
+//   the bias/ReLU fused, instead of a BLAS call per tile.
+// seg_head_infer (inference: no autograd) also takes projected groups lazily -- their channels-first windows
+// and W1 columns -- and projects each image right before its tiles. Threads take whole images while at least
+// as many images remain as threads (no barrier per image; each image's projections stay in its thread's
+// cache), the rest are split by tiles (a single-image call: the real-time path).
 // Backward recomputes the tile, pushes dL/dlogits back to dL/dh and scatters it with the same tap weights into
 // per-group gradients at source resolution (dL/dP_g for projected groups, dL/dfeatures for direct ones);
 // Python finishes with dL/df = W1_g^T dL/dP_g at native resolution.
@@ -20,6 +27,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <mutex>
@@ -623,10 +631,13 @@ void forward_impl(const Head& hd, at::Tensor& out) {
   const int64_t ntiles = (hd.npix + hd.tile - 1) / hd.tile;
   const int64_t threads = at::get_num_threads();
   const int64_t whole = threads > 1 ? hd.N / threads * threads : hd.N;
-  at::parallel_for(0, whole, 1, [&](int64_t n0, int64_t n1) {
+  // Images are handed out one at a time (not in fixed halves): on a shared machine a thread that loses its core
+  // for a while does fewer images instead of holding the others at the end.
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min(threads, whole), 1, [&](int64_t, int64_t) {
     at::NoGradGuard no_grad;
     Scratch sc(hd, true);
-    for (int64_t n = n0; n < n1; ++n) {
+    for (int64_t n = next++; n < whole; n = next++) {
       const Bases bases = project_image(hd, n, sc.projected);
       for (int64_t ti = 0; ti < ntiles; ++ti) forward_tile<scalar_t>(hd, bases, n, ti, sc, out);
     }
@@ -751,8 +762,8 @@ std::vector<at::Tensor> seg_head_backward(const at::Tensor& grad_out, at::Tensor
                                           at::TensorList direct, at::IntArrayRef sizes, at::IntArrayRef offsets,
                                           const at::Tensor& pix_y, const at::Tensor& pix_x, int64_t out_h,
                                           int64_t out_w, int64_t mode, const at::Tensor& b1, const at::Tensor& w2,
-                                          const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3, int64_t tile_pixels,
-                            bool bf16_products, bool packed) {
+                                          const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3,
+                                          int64_t tile_pixels, bool bf16_products, bool packed) {
   Head hd = make_head(sources.vec(), direct.vec(), sizes, offsets, pix_y, pix_x, out_h, out_w, mode, b1, w2, b2,
                       w3, b3, tile_pixels, bf16_products, packed);
   TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({hd.N, hd.C, hd.npix}) && grad_out.scalar_type() == hd.dtype,

@@ -1,8 +1,8 @@
 """seg_head on the `cpu` backend: the native tiled kernel (csrc/cpu/seg_head.cpp) behind an autograd Function.
 
-Plan, per call (see the C++ file for the per-tile work):
+Plan (see the C++ file for the per-tile work):
 1. Fold each member's BatchNorms into the next Linear (in float64, then cast) and stack the members: W1 rows
-   [E*H1, D], the second and third layers as [E, H2, H1] / [E, C, H2].
+   [E*H1, D], the second and third layers as [E, H2, H1] / [E, C, H2] (once per ensemble).
 2. The requested pixels (the crop, or the region's pixels) as a row-major list; the source window of each map
    is only the rows/cols their taps read.
 3. Maps of one resolution share their taps, so they form one group. A group is *projected* (W1's columns
@@ -30,6 +30,8 @@ EditGAN car configuration (random members, bench/cases_seg.py, fp32 products): m
 largest logit; the tests bound it by 2e-2 against the float64 reference.
 """
 from __future__ import annotations
+
+import weakref
 
 import torch
 
@@ -67,6 +69,7 @@ class _StackedMembers:
         self.w3 = cast(torch.stack([f[2][0] for f in folded]))        # [E, C, H2]
         self.b3 = cast(torch.stack([f[2][1] for f in folded]))        # [E, C]
         self.num_classes = self.w3.shape[1]
+        self.group_weights = {}  # (kind, the group's column slices) -> W1 columns, see _group_weight
 
     def mlp_tail(self):
         return self.b1, self.w2, self.b2, self.w3, self.b3
@@ -90,7 +93,6 @@ class _Group:
     def __init__(self, size, maps, col_slices, window):
         self.size, self.maps, self.col_slices, self.window = size, maps, col_slices, window
         self.direct = False
-        self.weights = {}  # id(stack) -> this group's W1 columns, built once (see _group_weight)
 
     @property
     def channels(self):
@@ -136,21 +138,23 @@ def _direct_source(features, g, dtype):
     return out
 
 
+def _cached_weight(stack, kind, g, build):
+    """A group's W1 columns in some layout, built once per ensemble (whatever the batch or crop)."""
+    key = (kind, tuple((s.start, s.stop) for s in g.col_slices))
+    if key not in stack.group_weights:
+        stack.group_weights[key] = build()
+    return stack.group_weights[key]
+
+
 def _group_weight(stack, g):
-    """[E*H1, C_g]: the group's columns of W1. Cached on the group, which a cached plan reuses."""
-    hit = g.weights.get(("direct", id(stack)))
-    if hit is None or hit[0] is not stack:
-        hit = g.weights[("direct", id(stack))] = (stack, torch.cat([stack.w1[:, s] for s in g.col_slices],
-                                                                   dim=1).contiguous())
-    return hit[1]
+    """[E*H1, C_g]: the group's columns of W1."""
+    return _cached_weight(stack, "direct", g,
+                          lambda: torch.cat([stack.w1[:, s] for s in g.col_slices], dim=1).contiguous())
 
 
 def _projection_weight(stack, g):
     """[C_g, E*H1]: the group's W1 columns transposed, contiguous, as the inference kernel projects with them."""
-    hit = g.weights.get(("projection", id(stack)))
-    if hit is None or hit[0] is not stack:
-        hit = g.weights[("projection", id(stack))] = (stack, _group_weight(stack, g).t().contiguous())
-    return hit[1]
+    return _cached_weight(stack, "projection", g, lambda: _group_weight(stack, g).t().contiguous())
 
 
 def _project(features, g, stack, dtype, storage):
@@ -304,20 +308,23 @@ def _make_plan(features, out_size, mode, box, region, eh1, storage):
 
 
 def _plan(stack, features, out_size, mode, box, region, eh1, storage):
-    """The plan of a full crop is cached (the same model and shapes come every frame); a region's is not."""
+    """The plan of a full crop is cached (the same model and shapes come every frame; plans are small: pixel
+    lists and windows, the weights live with the stack); a region's is not."""
     if region is not None:
         return _make_plan(features, out_size, mode, box, region, eh1, storage)
     key = (id(stack), tuple((tuple(f.shape), f.dtype) for f in features), out_size, mode, box, storage)
     hit = _plan_cache.get(key)
-    if hit is None or hit[0] is not stack:
+    if hit is None or hit[0]() is not stack:  # a weak reference: a plan never keeps an old ensemble alive
         if len(_plan_cache) >= _PLAN_CACHE_SIZE:
             _plan_cache.pop(next(iter(_plan_cache)))
-        hit = _plan_cache[key] = (stack, _make_plan(features, out_size, mode, box, None, eh1, storage))
+        hit = _plan_cache[key] = (weakref.ref(stack), _make_plan(features, out_size, mode, box, None, eh1,
+                                                                 storage))
     return hit[1]
 
 
 def _needs_graph(features):
-    """Whether the call must record autograd (or run under a torch.func transform): the Function's route."""
+    """Whether the call must record autograd or runs under a torch.func transform (its wrapped tensors hide
+    requires_grad): then it takes the Function's route."""
     return any(torch._C._functorch.is_functorch_wrapped_tensor(f) for f in features) or (
         torch.is_grad_enabled() and any(f.requires_grad for f in features))
 
