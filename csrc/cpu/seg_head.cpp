@@ -642,7 +642,7 @@ void forward_impl(const Head& hd, at::Tensor& out) {
       for (int64_t ti = 0; ti < ntiles; ++ti) forward_tile<scalar_t>(hd, bases, n, ti, sc, out);
     }
   });
-  std::vector<at::Tensor> projected = projection_buffers(hd);
+  std::vector<at::Tensor> projected = whole < hd.N ? projection_buffers(hd) : std::vector<at::Tensor>();
   for (int64_t n = whole; n < hd.N; ++n) {
     const Bases bases = project_image(hd, n, projected);
     at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
