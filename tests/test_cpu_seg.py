@@ -252,3 +252,112 @@ def test_peak_memory_stays_far_below_the_feature_stack():
     # Projected 128 px maps ([~97, 128, 384] fp32 = 19 MB), the direct 256 px map's channel-last copy (6 MB),
     # the output (3 MB) and per-thread tiles: well under a quarter of the stack.
     assert extra < stack / 4, f"peak extra RSS {extra / 2**20:.0f} MiB vs stack {stack / 2**20:.0f} MiB"
+
+
+# ------------------------------------------------------------------------------------- the inference route
+# Without autograd, fp32/fp64 storage and one image's projections under LAZY_BYTES, seg_head_infer runs: it
+# projects each image inside the kernel, threads take whole images while at least as many remain (batch 3 on
+# 2 threads: two whole images, one split by tiles), and fp32 layers of a width that is a multiple of the
+# kernel's block (16 on AVX2, 32 on AVX-512: widths (32, 32) with 3 members fit both) run in the packed
+# linear+ReLU kernel. Its results must equal the reference's as the autograd route's do.
+PACKED_WIDTHS = (32, 32)
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def spy_inference(monkeypatch):
+    calls = []
+    original = _cpu_seg._infer
+
+    def spy(*args):
+        calls.append(args[0][0].shape[0])
+        return original(*args)
+
+    monkeypatch.setattr(_cpu_seg, "_infer", spy)
+    return calls
+
+
+@pytest.mark.parametrize("packed", [True, False])
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("mode,crop", [("bilinear", None), ("nearest", (3, 17, 2, 19))])
+def test_inference_route_matches_reference(monkeypatch, two_threads, packed, batch, mode, crop):
+    monkeypatch.setattr(_cpu_seg, "PACKED", packed)
+    calls = spy_inference(monkeypatch)
+    feats, mlps = random_case(SIZES, CHANNELS, batch=batch, members=3, widths=PACKED_WIDTHS, seed=batch)
+    want = reference64(feats, mlps, (20, 20), crop=crop, mode=mode)
+    got = run("cpu", feats, mlps, (20, 20), crop=crop, mode=mode)
+    assert calls == [batch]
+    assert got.shape == want.shape and got.dtype == torch.float32
+    assert rel_err(got, want) < FP32_BOUND
+    # The autograd route (the Function, projections stored for backward) gives the same logits.
+    leaves = [f.clone().requires_grad_() for f in feats]
+    assert rel_err(run("cpu", leaves, mlps, (20, 20), crop=crop, mode=mode).detach(), want) < FP32_BOUND
+    assert calls == [batch]
+
+
+@pytest.mark.parametrize("tile", [1, 5, 13])
+def test_inference_route_partial_tiles_and_float64(monkeypatch, two_threads, tile):
+    """Tiles that split output rows and leave partial blocks of the packed kernel's 6 rows; float64 (BLAS path)
+    in nearest mode, where the taps are exact and the bound is 1e-10."""
+    monkeypatch.setattr(_cpu_seg, "TILE_PIXELS", tile)
+    calls = spy_inference(monkeypatch)
+    feats, mlps = random_case(SIZES, CHANNELS, batch=3, members=3, widths=PACKED_WIDTHS, seed=17)
+    kw = dict(crop=(4, 17, 1, 19), mode="bilinear")
+    assert rel_err(run("cpu", feats, mlps, (20, 20), **kw), reference64(feats, mlps, (20, 20), **kw)) < FP32_BOUND
+    kw["mode"] = "nearest"
+    got64 = run("cpu", [f.double() for f in feats], [m.to(torch.float64) for m in mlps], (20, 20), **kw)
+    assert got64.dtype == torch.float64
+    assert rel_err(got64, reference64(feats, mlps, (20, 20), **kw)) < FP64_BOUND["nearest"]
+    assert calls == [3, 3]
+
+
+def test_inference_route_regions_and_fallbacks(monkeypatch):
+    """A region takes the inference route too (its plan is not cached); projections over LAZY_BYTES and the
+    bf16 mode take the Function's route."""
+    calls = spy_inference(monkeypatch)
+    feats, mlps = random_case(SIZES, CHANNELS, batch=2, members=3, widths=PACKED_WIDTHS, seed=19)
+    region = regions((16, 19), torch.Generator().manual_seed(2))["scattered"]
+    kw = dict(crop=(2, 18, 1, 20), mode="bilinear", region=region)
+    assert rel_err(run("cpu", feats, mlps, (20, 20), **kw), reference64(feats, mlps, (20, 20), **kw)) < FP32_BOUND
+    assert calls == [2]
+    monkeypatch.setattr(_cpu_seg, "LAZY_BYTES", 0)
+    assert rel_err(run("cpu", feats, mlps, (20, 20), **kw), reference64(feats, mlps, (20, 20), **kw)) < FP32_BOUND
+    monkeypatch.setattr(_cpu_seg, "LAZY_BYTES", 2**30)
+    run("cpu", feats, mlps, (20, 20), dtype=torch.bfloat16, **kw)
+    assert calls == [2]
+
+
+def test_cached_plans_follow_shapes_crops_and_members():
+    """Full-crop plans are reused per (ensemble, shapes, crop, mode): alternating them, and another ensemble of
+    the same shapes, each still gives its own reference result."""
+    feats, mlps = random_case(SIZES, CHANNELS, batch=2, members=3, widths=PACKED_WIDTHS, seed=23)
+    _, others = random_case(SIZES, CHANNELS, batch=2, members=3, widths=PACKED_WIDTHS, seed=24)
+    small = [f[:1, :, :, :] for f in feats]
+    cases = [(feats, mlps, dict(crop=None, mode="bilinear")), (feats, mlps, dict(crop=(3, 17, 2, 19), mode="nearest")),
+             (small, mlps, dict(crop=None, mode="bilinear")), (feats, others, dict(crop=None, mode="bilinear"))]
+    for _ in range(2):
+        for f, m, kw in cases:
+            assert rel_err(run("cpu", f, m, (20, 20), **kw), reference64(f, m, (20, 20), **kw)) < FP32_BOUND
+
+
+@pytest.mark.parametrize("isa", ["portable", "avx2", "avx512"])
+def test_packed_kernel_on_every_isa_build(isa):
+    best = _cpu_isa.best_cpu_isa()
+    order = ("portable", "avx2", "avx512")
+    if order.index(isa) > order.index(best):
+        pytest.skip(f"this CPU cannot execute the {isa} build (its widest is {best})")
+    feats, mlps = random_case(SIZES, CHANNELS, batch=2, members=3, widths=PACKED_WIDTHS, seed=29)
+    want = reference64(feats, mlps, (20, 20), mode="bilinear")
+    weight = torch.randn(want.shape, generator=torch.Generator().manual_seed(3))
+    want_grads = feature_grads("reference", feats, mlps, (20, 20), weight, torch.float64, mode="bilinear")
+    with _cpu_isa.cpu_settings(isa=isa):
+        assert rel_err(run("cpu", feats, mlps, (20, 20), mode="bilinear"), want) < FP32_BOUND
+        got = feature_grads("cpu", feats, mlps, (20, 20), weight, mode="bilinear")
+    for g, w in zip(got, want_grads):
+        assert rel_err(g, w) < FP32_BOUND

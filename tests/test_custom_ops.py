@@ -145,7 +145,8 @@ def test_seg_head_public_op_takes_indices_and_masks_alike():
 
 # ------------------------------------------------------------------- the native kernels below the custom ops
 NATIVE_OPS = ("epilogue_forward", "epilogue_backward", "fir_separable", "winograd_conv", "seg_head_forward",
-              "seg_head_backward")
+              "seg_head_backward", "seg_head_infer")
+NO_VMAP_RULE = {"seg_head_infer"}  # inference only: under torch.func the seg head takes seg_head_forward
 
 
 class _Spy:
@@ -197,6 +198,8 @@ def native_calls():
             members = [_member(5, 4, seed) for seed in (2, 3)]
             seg_head(features, members, 8, region=_rand(8, 8, seed=7) > 1).sum().backward()  # a small region
             seg_head(features, members, 8).sum().backward()
+            with torch.no_grad():
+                seg_head(features, members, 8)  # the inference route
         spy.fir_separable(_rand(1, 2, 6, 5, seed=8, dtype=torch.bfloat16), f, 2, 1)
     return calls
 
@@ -210,6 +213,8 @@ def test_native_op_fake_kernel_and_vmap_rule(native_calls, name, no_vmap_fallbac
     op = getattr(torch.ops.editgan_fast, name).default
     for args in calls:
         _opcheck(op, tuple(args))
+    if name in NO_VMAP_RULE:
+        return
     args = calls[0]
     batched = [torch.stack([a, 2 * a]) if i == 0 and isinstance(a, torch.Tensor) else a for i, a in enumerate(args)]
     if name == "seg_head_forward":

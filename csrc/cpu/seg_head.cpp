@@ -12,6 +12,13 @@
 //   mean over members -> out[n, :, tile]. Nothing at full resolution larger than the output is ever built.
 //   With bf16_products (the bf16 mode on CPUs with native bf16) the second layer's per-tile products (the
 //   largest per-pixel GEMMs) run in bf16 with fp32 accumulation; the hidden activations stay fp32.
+//   In fp32, layers whose width is a multiple of packed_block() (the first layer's direct products, and the
+//   second layer member by member) run in linear_relu, a register-blocked product with pre-packed weights and
+//   the bias/ReLU fused, instead of a BLAS call per tile.
+// seg_head_infer (inference: no autograd) also takes projected groups lazily -- their channels-first windows
+// and W1 columns -- and projects each image right before its tiles. Threads take whole images while at least
+// as many images remain as threads (no barrier per image; each image's projections stay in its thread's
+// cache), the rest are split by tiles (a single-image call: the real-time path).
 // Backward recomputes the tile, pushes dL/dlogits back to dL/dh and scatters it with the same tap weights into
 // per-group gradients at source resolution (dL/dP_g for projected groups, dL/dfeatures for direct ones);
 // Python finishes with dL/df = W1_g^T dL/dP_g at native resolution.
@@ -20,6 +27,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <mutex>
@@ -164,6 +172,86 @@ void axpy(double* __restrict y, const double* __restrict x, double w, int64_t K)
   for (int64_t k = 0; k < K; ++k) y[k] += w * x[k];
 }
 
+// A tile's linear layer + ReLU in fp32 with a packed weight (Head::fused): y = ReLU(init + x W^T) for T rows,
+// x [T, K] (row stride ldx), W [N, K] packed as [N / 2L][K][2L] so that a block's weights stay in L1 for every
+// row of the tile, y [T, N] (row stride ldy); init is y itself (bias == nullptr) or the bias row. Per block of 2L
+// outputs and R rows the accumulators take the K products in registers and are stored once, ReLU applied: no
+// separate bias/ReLU pass and no packing per call (the BLAS call it replaces packed W every tile). Used for
+// the first layer's direct groups (y = h, which already holds b1 and the projected groups' taps) and for the
+// second layer, member by member.
+constexpr int kFusedRows = 6;  // 6 x 2 accumulators + 2 weights + 1 broadcast: 15 of AVX2's 16 registers
+
+template <int L>
+EG_INLINE void linear_relu_body(float* y, int64_t ldy, const float* bias, const float* x, int64_t ldx, int64_t T,
+                                int64_t N, int64_t K, const float* wpack) {
+  using V = Lanes<L>;
+  using f = typename V::f;
+  constexpr int R = kFusedRows, NB = 2 * L;
+  for (int64_t t0 = 0; t0 < T; t0 += R) {
+    const int rows = (int)std::min<int64_t>(R, T - t0);
+    const float* xr[R];
+    float* yr[R];
+    for (int r = 0; r < R; ++r) {  // rows past T repeat row T-1 and are not stored
+      const int64_t t = t0 + std::min(r, rows - 1);
+      xr[r] = x + t * ldx;
+      yr[r] = y + t * ldy;
+    }
+    for (int64_t j0 = 0; j0 < N; j0 += NB) {
+      const float* wb = wpack + (j0 / NB) * K * NB;
+      f acc0[R], acc1[R];
+#pragma GCC unroll 6
+      for (int r = 0; r < R; ++r) {
+        acc0[r] = V::load((bias ? bias : yr[r]) + j0);
+        acc1[r] = V::load((bias ? bias : yr[r]) + j0 + L);
+      }
+      for (int64_t k = 0; k < K; ++k) {
+        const f w0 = V::load(wb + k * NB), w1 = V::load(wb + k * NB + L);
+#pragma GCC unroll 6
+        for (int r = 0; r < R; ++r) {
+          const float a = xr[r][k];  // scalar * vector: one broadcast from memory
+          acc0[r] += a * w0;
+          acc1[r] += a * w1;
+        }
+      }
+      const f zero{};
+#pragma GCC unroll 6
+      for (int r = 0; r < R; ++r) {
+        if (r >= rows) break;
+        V::store(yr[r] + j0, acc0[r] < zero ? zero : acc0[r]);  // NaN stays NaN, as relu_
+        V::store(yr[r] + j0 + L, acc1[r] < zero ? zero : acc1[r]);
+      }
+    }
+  }
+}
+#define EG_LINEAR_RELU_PARAMS \
+  float *y, int64_t ldy, const float *bias, const float *x, int64_t ldx, int64_t T, int64_t N, int64_t K, \
+      const float *wpack
+#define EG_LINEAR_RELU_ARGS y, ldy, bias, x, ldx, T, N, K, wpack
+EG_TARGET_AVX512 void linear_relu_avx512(EG_LINEAR_RELU_PARAMS) { linear_relu_body<16>(EG_LINEAR_RELU_ARGS); }
+EG_TARGET_AVX2 void linear_relu_avx2(EG_LINEAR_RELU_PARAMS) { linear_relu_body<8>(EG_LINEAR_RELU_ARGS); }
+void linear_relu_portable(EG_LINEAR_RELU_PARAMS) { linear_relu_body<8>(EG_LINEAR_RELU_ARGS); }
+void linear_relu(EG_LINEAR_RELU_PARAMS) {
+  switch (editgan::active_isa()) {
+    case editgan::Isa::Avx512: return linear_relu_avx512(EG_LINEAR_RELU_ARGS);
+    case editgan::Isa::Avx2: return linear_relu_avx2(EG_LINEAR_RELU_ARGS);
+    default: return linear_relu_portable(EG_LINEAR_RELU_ARGS);
+  }
+}
+#undef EG_LINEAR_RELU_PARAMS
+#undef EG_LINEAR_RELU_ARGS
+
+// 2L outputs per block of linear_relu (16 lanes on AVX-512, 8 elsewhere): a layer runs packed when its width is a
+// multiple of it.
+int packed_block() { return editgan::active_isa() == editgan::Isa::Avx512 ? 32 : 16; }
+
+// W [..., N, K] -> [..., N / nb, K, nb], linear_relu's layout.
+at::Tensor pack_weight(const at::Tensor& w, int64_t nb) {
+  const int64_t N = w.size(-2), K = w.size(-1);
+  std::vector<int64_t> shape(w.sizes().begin(), w.sizes().end() - 2);
+  shape.insert(shape.end(), {N / nb, nb, K});
+  return w.reshape(shape).transpose(-1, -2).contiguous();
+}
+
 // Taps of every output row (or column) for one source length, with the source offset already subtracted.
 // Nearest uses i0 only (w0 = 1).
 std::vector<editgan::LinearTaps> taps_table(int64_t src_len, int64_t offset, int64_t out_len, int64_t mode) {
@@ -198,24 +286,50 @@ std::vector<int64_t> seg_head_source_range(int64_t src_len, int64_t out_len, int
 // Everything the tile loops share: the groups' sources, taps and weights, and the MLP tail.
 struct Head {
   std::vector<at::Tensor> sources, direct;
+  // A lazy group (seg_head_infer) has no stored source: its maps' windows (channels first, [N, C_m, rows, cols])
+  // are projected with its W1 columns (lazy_weight, [C_g, E*H1], the maps' channels in order) one image at a time
+  // into a buffer while that image is computed.
+  std::vector<std::vector<at::Tensor>> lazy_maps;
+  std::vector<at::Tensor> lazy_weight;
   std::vector<std::vector<editgan::LinearTaps>> ty, tx;
-  std::vector<int64_t> rows, cols;
+  std::vector<int64_t> rows, cols, K;  // the source window and its channels per pixel
   const int32_t* py;
   const int32_t* px;
   int64_t npix, mode, N, EH1, E, H1, H2, C, tile;
   at::Tensor b1, w2t, w2, b2, w3s, b3mean;  // w2t [E,H1,H2], w3s [C, E*H2] pre-scaled by 1/E
   at::ScalarType dtype;                     // compute dtype: float or double
   bool projected_bf16 = false;              // projected groups stored in bf16 (all of them, or none)
+  bool is_direct(int64_t g) const { return direct[g].numel() > 0; }
+  bool is_lazy(int64_t g) const { return !lazy_maps[g].empty(); }
   at::Tensor w2t_bf16;                      // defined: the second layer's products run in bf16 (fp32 accumulation)
+  // fp32 with E*H1 a multiple of packed_block(): the first layer's direct products run in linear_relu, the direct
+  // groups' resampled features side by side in one [T, kd] block (group g's at column doff[g]) and their W1
+  // columns packed in w1d_pack. w2_pack defined (fp32, H2 a multiple of packed_block(), no bf16 products): the
+  // second layer runs in linear_relu too, member by member.
+  bool fused = false;
+  int64_t kd = 0;
+  std::vector<int64_t> doff;
+  at::Tensor w1d_pack, w2_pack;
 };
 
 Head make_head(const std::vector<at::Tensor>& sources, const std::vector<at::Tensor>& direct,
                at::IntArrayRef sizes, at::IntArrayRef offsets, const at::Tensor& pix_y, const at::Tensor& pix_x,
                int64_t out_h, int64_t out_w, int64_t mode, const at::Tensor& b1, const at::Tensor& w2,
                const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3, int64_t tile_pixels,
-               bool bf16_products) {
+               bool bf16_products, bool packed, at::TensorList lazy_maps = {},
+               at::IntArrayRef lazy_groups = {}, at::TensorList lazy_weights = {}) {
   Head h;
   const int64_t G = (int64_t)sources.size();
+  TORCH_CHECK(lazy_maps.size() == lazy_groups.size() && (lazy_maps.empty() || (int64_t)lazy_weights.size() == G),
+              "seg_head: maps and map_groups need one entry per map, group_weights one per group");
+  h.lazy_maps.resize(G);
+  h.lazy_weight.resize(G);
+  for (size_t i = 0; i < lazy_maps.size(); ++i) {
+    TORCH_CHECK(0 <= lazy_groups[i] && lazy_groups[i] < G, "seg_head: map ", i, " names group ", lazy_groups[i],
+                " of ", G);
+    h.lazy_maps[lazy_groups[i]].push_back(lazy_maps[i]);
+    h.lazy_weight[lazy_groups[i]] = lazy_weights[lazy_groups[i]];
+  }
   TORCH_CHECK(G > 0 && (int64_t)direct.size() == G && (int64_t)sizes.size() == 2 * G &&
                   (int64_t)offsets.size() == 2 * G,
               "seg_head: sources, direct_weights, source_sizes and source_offsets must describe the same groups");
@@ -233,33 +347,54 @@ Head make_head(const std::vector<at::Tensor>& sources, const std::vector<at::Ten
   TORCH_CHECK(b1.dim() == 1 && b1.size(0) == h.EH1 && b2.sizes() == at::IntArrayRef({h.E, h.H2}) &&
                   w3.sizes() == at::IntArrayRef({h.E, h.C, h.H2}) && b3.sizes() == at::IntArrayRef({h.E, h.C}),
               "seg_head: inconsistent MLP weight shapes");
-  h.N = sources[0].size(0);
   h.npix = pix_y.numel();
   h.py = pix_y.data_ptr<int32_t>();
   h.px = pix_x.data_ptr<int32_t>();
   h.mode = mode;
   bool seen_projected = false;
+  h.N = -1;
   for (int64_t g = 0; g < G; ++g) {
-    const at::Tensor& s = sources[g];
-    TORCH_CHECK(s.dim() == 4 && s.is_contiguous() && s.size(0) == h.N, "seg_head: source ", g,
-                " must be a contiguous [N, rows, cols, K] tensor with the batch of source 0");
-    const bool is_direct = direct[g].numel() > 0;
-    if (is_direct) {
-      TORCH_CHECK(s.scalar_type() == h.dtype && direct[g].scalar_type() == h.dtype &&
-                      direct[g].sizes() == at::IntArrayRef({h.EH1, s.size(3)}),
-                  "seg_head: direct group ", g, " needs features and a [E*H1, K] weight in the compute dtype");
+    if (h.is_lazy(g)) {  // rows, cols and the batch from the maps' windows
+      const at::Tensor& m0 = h.lazy_maps[g][0];
+      if (h.N < 0) h.N = m0.size(0);
+      int64_t channels = 0;
+      for (const at::Tensor& x : h.lazy_maps[g]) {
+        TORCH_CHECK(x.dim() == 4 && x.size(0) == h.N && x.size(2) == m0.size(2) && x.size(3) == m0.size(3) &&
+                        x.scalar_type() == h.dtype,
+                    "seg_head: the maps of lazy group ", g, " must be [N, C_m, rows, cols] windows of one size in "
+                    "the compute dtype");
+        channels += x.size(1);
+      }
+      const at::Tensor& w = h.lazy_weight[g];
+      TORCH_CHECK(w.is_contiguous() && w.scalar_type() == h.dtype && w.sizes() == at::IntArrayRef({channels, h.EH1}),
+                  "seg_head: lazy group ", g, " needs a contiguous [C_g, E*H1] weight in the compute dtype");
+      TORCH_CHECK(direct[g].numel() == 0, "seg_head: lazy group ", g, " cannot also be direct");
+      h.rows.push_back(m0.size(2));
+      h.cols.push_back(m0.size(3));
+      h.K.push_back(h.EH1);
     } else {
-      TORCH_CHECK(s.size(3) == h.EH1, "seg_head: projected group ", g, " must have E*H1 channels");
-      TORCH_CHECK(s.scalar_type() == h.dtype || (h.dtype == at::kFloat && s.scalar_type() == at::kBFloat16),
-                  "seg_head: projected group ", g, " must be stored in the compute dtype or bfloat16");
-      const bool bf16 = s.scalar_type() == at::kBFloat16;
-      TORCH_CHECK(!seen_projected || bf16 == h.projected_bf16,
-                  "seg_head: projected groups must all share one storage dtype");
-      h.projected_bf16 = bf16;
-      seen_projected = true;
+      const at::Tensor& s = sources[g];
+      if (h.N < 0) h.N = s.size(0);
+      TORCH_CHECK(s.dim() == 4 && s.is_contiguous() && s.size(0) == h.N, "seg_head: source ", g,
+                  " must be a contiguous [N, rows, cols, K] tensor with the batch of the other groups");
+      h.rows.push_back(s.size(1));
+      h.cols.push_back(s.size(2));
+      h.K.push_back(s.size(3));
+      if (direct[g].numel() > 0) {
+        TORCH_CHECK(s.scalar_type() == h.dtype && direct[g].scalar_type() == h.dtype &&
+                        direct[g].sizes() == at::IntArrayRef({h.EH1, s.size(3)}),
+                    "seg_head: direct group ", g, " needs features and a [E*H1, K] weight in the compute dtype");
+      } else {
+        TORCH_CHECK(s.size(3) == h.EH1, "seg_head: projected group ", g, " must have E*H1 channels");
+        TORCH_CHECK(s.scalar_type() == h.dtype || (h.dtype == at::kFloat && s.scalar_type() == at::kBFloat16),
+                    "seg_head: projected group ", g, " must be stored in the compute dtype or bfloat16");
+        const bool bf16 = s.scalar_type() == at::kBFloat16;
+        TORCH_CHECK(!seen_projected || bf16 == h.projected_bf16,
+                    "seg_head: projected groups must all share one storage dtype");
+        h.projected_bf16 = bf16;
+        seen_projected = true;
+      }
     }
-    h.rows.push_back(s.size(1));
-    h.cols.push_back(s.size(2));
     h.ty.push_back(taps_table(sizes[2 * g], offsets[2 * g], out_h, mode));
     h.tx.push_back(taps_table(sizes[2 * g + 1], offsets[2 * g + 1], out_w, mode));
     // Every tap of a requested pixel must land inside the stored window (Python crops it to these taps).
@@ -268,13 +403,15 @@ Head make_head(const std::vector<at::Tensor>& sources, const std::vector<at::Ten
         return t[o].i0 >= 0 && t[o].i0 < len && t[o].i1 >= 0 && t[o].i1 < len;
       };
       const int64_t y_first = h.py[0], y_last = h.py[h.npix - 1];
-      TORCH_CHECK(y_first >= 0 && y_last < out_h && inside(h.ty[g], y_first, s.size(1)) &&
-                      inside(h.ty[g], y_last, s.size(1)),
+      TORCH_CHECK(y_first >= 0 && y_last < out_h && inside(h.ty[g], y_first, h.rows[g]) &&
+                      inside(h.ty[g], y_last, h.rows[g]),
                   "seg_head: source ", g, " does not cover the requested rows");
     }
-    h.sources.push_back(s);
+    h.sources.push_back(sources[g]);
     h.direct.push_back(direct[g]);
   }
+  TORCH_CHECK(!h.projected_bf16 || lazy_maps.empty(),
+              "seg_head: lazy groups are projected in the compute dtype, not beside bf16-stored projections");
   for (int64_t i = 0; i < h.npix; ++i) {
     TORCH_CHECK(h.px[i] >= 0 && h.px[i] < out_w && (i == 0 || h.py[i] >= h.py[i - 1]),
                 "seg_head: pixel list must be row-major inside the output");
@@ -285,11 +422,24 @@ Head make_head(const std::vector<at::Tensor>& sources, const std::vector<at::Ten
     }
   }
   h.b1 = b1;
+  const int64_t nb = packed_block();
+  h.fused = packed && h.dtype == at::kFloat && h.EH1 % nb == 0;
+  std::vector<at::Tensor> direct_columns;
+  for (int64_t g = 0; g < G; ++g) {
+    h.doff.push_back(h.kd);
+    if (h.is_direct(g)) {
+      h.kd += h.K[g];
+      direct_columns.push_back(h.direct[g]);
+    }
+  }
+  if (h.fused && h.kd > 0) h.w1d_pack = pack_weight(at::cat(direct_columns, 1), nb);
+  if (packed && h.dtype == at::kFloat && h.H2 % nb == 0 && !bf16_products)
+    h.w2_pack = pack_weight(w2, nb);  // [E, H2 / nb, H1, nb]
   h.w2 = w2;
   h.w2t = w2.transpose(1, 2);
   TORCH_CHECK(!bf16_products || h.dtype == at::kFloat, "seg_head: bf16 products need float32 weights");
   if (bf16_products) h.w2t_bf16 = h.w2t.to(at::kBFloat16);
-  h.b2 = b2.unsqueeze(1);
+  h.b2 = b2.contiguous().unsqueeze(1);  // [E, 1, H2]; linear_relu reads member e's row at e * H2
   h.w3s = w3.permute({1, 0, 2}).reshape({h.C, h.E * h.H2}) / (double)h.E;
   h.b3mean = b3.mean(0);
   // By default, tiles with a [tile, E*H1] hidden block of ~2.5 MB (256 pixels at the car configuration): the
@@ -303,10 +453,10 @@ Head make_head(const std::vector<at::Tensor>& sources, const std::vector<at::Ten
 // Appends the taps of output pixel (y, x) in group g (nonzero weights only: a map at output size, or a pixel
 // at the border, has fewer than 4) to src/w.
 template <typename S>
-void pixel_taps(const Head& hd, int64_t g, int64_t n, int64_t y, int64_t x, const S** src, float* w, int& ntaps) {
-  const at::Tensor& s = hd.sources[g];
-  const int64_t K = s.size(3), cols = hd.cols[g];
-  const S* base = reinterpret_cast<const S*>(s.data_ptr()) + n * hd.rows[g] * cols * K;
+void pixel_taps(const Head& hd, int64_t g, const void* image, int64_t y, int64_t x, const S** src, float* w,
+                int& ntaps) {
+  const int64_t K = hd.K[g], cols = hd.cols[g];
+  const S* base = static_cast<const S*>(image);
   const auto& ty = hd.ty[g][y];
   const auto& tx = hd.tx[g][x];
   auto add = [&](int64_t iy, int64_t ix, float wt) {
@@ -325,9 +475,51 @@ void pixel_taps(const Head& hd, int64_t g, int64_t n, int64_t y, int64_t x, cons
   }
 }
 
-// The tile's pre-activation h [T, E*H1] = b1 + all groups' contributions.
+// Where each group's source of image n starts: in its stored source, or (lazy groups) in `projected[g]`, the
+// image's projection made by project_image.
+using Bases = std::vector<const void*>;
+
+Bases stored_bases(const Head& hd, int64_t n) {
+  Bases b(hd.sources.size(), nullptr);
+  for (size_t g = 0; g < b.size(); ++g)
+    if (!hd.is_lazy(g))
+      b[g] = static_cast<const char*>(hd.sources[g].data_ptr()) +
+             n * hd.rows[g] * hd.cols[g] * hd.K[g] * hd.sources[g].element_size();
+  return b;
+}
+
+// Image n's projection of every lazy group into projected[g] ([rows * cols, E*H1]): P = sum_m x_m^T W1_m^T, one
+// product per map reading its channels-first window as a transposed matrix (no copy when the window spans whole
+// rows of the map; stacking the maps into one product measured the same). Runs single-threaded inside a
+// parallel region, multi-threaded outside.
+Bases project_image(const Head& hd, int64_t n, std::vector<at::Tensor>& projected) {
+  Bases b = stored_bases(hd, n);
+  for (size_t g = 0; g < b.size(); ++g) {
+    if (!hd.is_lazy(g)) continue;
+    int64_t c0 = 0;
+    for (const at::Tensor& map : hd.lazy_maps[g]) {
+      const at::Tensor x = map[n].reshape({map.size(1), hd.rows[g] * hd.cols[g]}).t();
+      const at::Tensor w = hd.lazy_weight[g].narrow(0, c0, map.size(1));  // this map's rows of W1_g^T
+      if (c0 == 0) at::mm_out(projected[g], x, w);
+      else projected[g].addmm_(x, w);
+      c0 += map.size(1);
+    }
+    b[g] = projected[g].data_ptr();
+    continue;
+  }
+  return b;
+}
+
+std::vector<at::Tensor> projection_buffers(const Head& hd) {
+  std::vector<at::Tensor> out(hd.sources.size());
+  for (size_t g = 0; g < out.size(); ++g)
+    if (hd.is_lazy(g)) out[g] = at::empty({hd.rows[g] * hd.cols[g], hd.EH1}, hd.b1.options());
+  return out;
+}
+
+// The tile's first layer a1 [T, E*H1] = ReLU(b1 + all groups' contributions).
 template <typename scalar_t>
-void hidden_tile(const Head& hd, int64_t n, int64_t p0, int64_t T, at::Tensor& h, at::Tensor& buf) {
+void hidden_tile(const Head& hd, const Bases& bases, int64_t p0, int64_t T, at::Tensor& h, at::Tensor& buf) {
   // buf: flat scratch of at least T * K for the direct groups' resampled features.
   const int64_t G = (int64_t)hd.sources.size();
   const bool bf16 = hd.projected_bf16;
@@ -347,67 +539,116 @@ void hidden_tile(const Head& hd, int64_t n, int64_t p0, int64_t T, at::Tensor& h
       const scalar_t* init = first ? b1 : d;
       if constexpr (std::is_same_v<scalar_t, float>) {
         if (bf16) {
-          pixel_taps(hd, g, n, y, x, reinterpret_cast<const uint16_t**>(src.data()), w.data(), ntaps);
+          pixel_taps(hd, g, bases[g], y, x, reinterpret_cast<const uint16_t**>(src.data()), w.data(), ntaps);
           gather_taps(d, init, reinterpret_cast<const uint16_t* const*>(src.data()), w.data(), ntaps, hd.EH1);
           continue;
         }
       }
-      pixel_taps(hd, g, n, y, x, reinterpret_cast<const scalar_t**>(src.data()), w.data(), ntaps);
+      pixel_taps(hd, g, bases[g], y, x, reinterpret_cast<const scalar_t**>(src.data()), w.data(), ntaps);
       gather_taps(d, init, reinterpret_cast<const scalar_t* const*>(src.data()), w.data(), ntaps, hd.EH1);
     }
     first = false;
   }
   if (first) h.copy_(hd.b1.unsqueeze(0).expand({T, hd.EH1}));  // no projected group
+  // The direct groups: resampled into buf (side by side when fused), then their products.
+  const int64_t ld = hd.fused ? hd.kd : 0;
   for (int64_t g = 0; g < G; ++g) {
-    if (hd.direct[g].numel() == 0) continue;
-    const int64_t K = hd.sources[g].size(3);
-    scalar_t* bp = buf.data_ptr<scalar_t>();
+    if (!hd.is_direct(g)) continue;
+    const int64_t K = hd.K[g];
+    scalar_t* bp = buf.data_ptr<scalar_t>() + (hd.fused ? hd.doff[g] : 0);
     for (int64_t t = 0; t < T; ++t) {
       int ntaps = 0;
-      pixel_taps(hd, g, n, hd.py[p0 + t], hd.px[p0 + t], reinterpret_cast<const scalar_t**>(src.data()),
+      pixel_taps(hd, g, bases[g], hd.py[p0 + t], hd.px[p0 + t], reinterpret_cast<const scalar_t**>(src.data()),
                  w.data(), ntaps);
-      gather_taps(bp + t * K, static_cast<const scalar_t*>(nullptr), reinterpret_cast<const scalar_t* const*>(src.data()),
-                  w.data(), ntaps, K);
+      gather_taps(bp + t * (hd.fused ? ld : K), static_cast<const scalar_t*>(nullptr),
+                  reinterpret_cast<const scalar_t* const*>(src.data()), w.data(), ntaps, K);
     }
-    h.addmm_(buf.narrow(0, 0, T * K).view({T, K}), hd.direct[g].t());
+    if (!hd.fused) h.addmm_(buf.narrow(0, 0, T * K).view({T, K}), hd.direct[g].t());
   }
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (hd.fused) {
+      linear_relu(hp, hd.EH1, nullptr, buf.data_ptr<float>(), hd.kd, T, hd.EH1, hd.kd,
+                  hd.kd > 0 ? hd.w1d_pack.data_ptr<float>() : nullptr);
+      return;
+    }
+  }
+  h.relu_();
 }
 
 int64_t max_direct_channels(const Head& hd) {
   int64_t k = 1;
   for (size_t g = 0; g < hd.sources.size(); ++g)
-    if (hd.direct[g].numel() > 0) k = std::max<int64_t>(k, hd.sources[g].size(3));
+    if (hd.is_direct(g)) k += hd.K[g];  // all of them side by side (fused_tile)
   return k;
 }
 
 // Both hidden layers of every member for one tile, shared by forward and backward (which recomputes them):
 // a1 = ReLU(first layer) written into `a1` [T, E*H1], returns ReLU(second layer) [E, T, H2].
 template <typename scalar_t>
-at::Tensor hidden_layers(const Head& hd, int64_t n, int64_t p0, int64_t T, at::Tensor& a1, at::Tensor& buf) {
-  hidden_tile<scalar_t>(hd, n, p0, T, a1, buf);
-  a1.relu_();
+at::Tensor hidden_layers(const Head& hd, const Bases& bases, int64_t p0, int64_t T, at::Tensor& a1,
+                         at::Tensor& buf) {
+  hidden_tile<scalar_t>(hd, bases, p0, T, a1, buf);
+  if (hd.w2_pack.defined()) {  // z [T, E, H2] in memory, returned as the [E, T, H2] view
+    at::Tensor z = at::empty({T, hd.E, hd.H2}, a1.options());
+    for (int64_t e = 0; e < hd.E; ++e)
+      linear_relu(z.data_ptr<float>() + e * hd.H2, hd.E * hd.H2, hd.b2.data_ptr<float>() + e * hd.H2,
+                  a1.data_ptr<float>() + e * hd.H1, hd.EH1, T, hd.H2, hd.H1,
+                  hd.w2_pack.data_ptr<float>() + e * hd.H2 * hd.H1);
+    return z.transpose(0, 1);
+  }
   at::Tensor a1e = a1.view({T, hd.E, hd.H1}).transpose(0, 1);
   at::Tensor z = hd.w2t_bf16.defined() ? at::bmm(a1e.to(at::kBFloat16), hd.w2t_bf16).to(at::kFloat)
                                        : at::bmm(a1e, hd.w2t);  // [E, T, H2]
   return z.add_(hd.b2).relu_();
 }
 
+// Per thread: the hidden block of one tile, the direct groups' resampled features and the lazy projections.
+struct Scratch {
+  at::Tensor h, direct;
+  std::vector<at::Tensor> projected;
+  explicit Scratch(const Head& hd, bool with_projections)
+      : h(at::empty({hd.tile, hd.EH1}, hd.b1.options())),
+        direct(at::empty({hd.tile * max_direct_channels(hd)}, hd.b1.options())) {
+    if (with_projections) projected = projection_buffers(hd);
+  }
+};
+
+template <typename scalar_t>
+void forward_tile(const Head& hd, const Bases& bases, int64_t n, int64_t ti, Scratch& sc, at::Tensor& out) {
+  const int64_t p0 = ti * hd.tile, T = std::min(hd.tile, hd.npix - p0);
+  at::Tensor h = sc.h.narrow(0, 0, T);
+  at::Tensor z = hidden_layers<scalar_t>(hd, bases, p0, T, h, sc.direct);
+  at::Tensor logits = at::addmm(hd.b3mean, z.transpose(0, 1).reshape({T, hd.E * hd.H2}), hd.w3s.t());
+  out[n].narrow(1, p0, T).copy_(logits.t());
+}
+
+// Work split over the threads: while at least as many images remain as there are threads, each thread takes
+// whole images (their projections and all their tiles, one after the other): no barrier per image, and an
+// image's projections stay in its thread's cache. The images left over (a single-image call: the real-time
+// path) are split by tiles, after their projections ran multi-threaded.
 template <typename scalar_t>
 void forward_impl(const Head& hd, at::Tensor& out) {
   const int64_t ntiles = (hd.npix + hd.tile - 1) / hd.tile;
-  const auto opts = out.options();
-  const int64_t kbuf = max_direct_channels(hd);
-  for (int64_t n = 0; n < hd.N; ++n) {
+  const int64_t threads = at::get_num_threads();
+  const int64_t whole = threads > 1 ? hd.N / threads * threads : hd.N;
+  // Images are handed out one at a time (not in fixed halves): on a shared machine a thread that loses its core
+  // for a while does fewer images instead of holding the others at the end.
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min(threads, whole), 1, [&](int64_t, int64_t) {
+    at::NoGradGuard no_grad;
+    Scratch sc(hd, true);
+    for (int64_t n = next++; n < whole; n = next++) {
+      const Bases bases = project_image(hd, n, sc.projected);
+      for (int64_t ti = 0; ti < ntiles; ++ti) forward_tile<scalar_t>(hd, bases, n, ti, sc, out);
+    }
+  });
+  std::vector<at::Tensor> projected = whole < hd.N ? projection_buffers(hd) : std::vector<at::Tensor>();
+  for (int64_t n = whole; n < hd.N; ++n) {
+    const Bases bases = project_image(hd, n, projected);
     at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
       at::NoGradGuard no_grad;
-      at::Tensor hbuf = at::empty({hd.tile, hd.EH1}, opts), dbuf = at::empty({hd.tile * kbuf}, opts);
-      for (int64_t ti = t0; ti < t1; ++ti) {
-        const int64_t p0 = ti * hd.tile, T = std::min(hd.tile, hd.npix - p0);
-        at::Tensor h = hbuf.narrow(0, 0, T);
-        at::Tensor z = hidden_layers<scalar_t>(hd, n, p0, T, h, dbuf);
-        at::Tensor logits = at::addmm(hd.b3mean, z.transpose(0, 1).reshape({T, hd.E * hd.H2}), hd.w3s.t());
-        out[n].narrow(1, p0, T).copy_(logits.t());
-      }
+      Scratch sc(hd, false);
+      for (int64_t ti = t0; ti < t1; ++ti) forward_tile<scalar_t>(hd, bases, n, ti, sc, out);
     });
   }
 }
@@ -429,6 +670,7 @@ std::vector<at::Tensor> backward_impl(const Head& hd, const at::Tensor& grad_out
     grads.push_back(at::zeros({hd.N, hd.rows[g], hd.cols[g], hd.sources[g].size(3)}, opts));
   std::mutex merge;
   for (int64_t n = 0; n < hd.N; ++n) {
+    const Bases bases = stored_bases(hd, n);
     at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
       at::NoGradGuard no_grad;
       const int64_t pbeg = t0 * hd.tile, pend = std::min(hd.npix, t1 * hd.tile);
@@ -445,7 +687,7 @@ std::vector<at::Tensor> backward_impl(const Head& hd, const at::Tensor& grad_out
       for (int64_t ti = t0; ti < t1; ++ti) {
         const int64_t p0 = ti * hd.tile, T = std::min(hd.tile, hd.npix - p0);
         at::Tensor a1 = hbuf.narrow(0, 0, T);
-        at::Tensor z = hidden_layers<scalar_t>(hd, n, p0, T, a1, dbuf);
+        at::Tensor z = hidden_layers<scalar_t>(hd, bases, p0, T, a1, dbuf);
         // dL/dlogits_e = dL/dmean / E (folded into w3s); back through Linear, ReLU, Linear, ReLU.
         at::Tensor ga2 = at::mm(grad_out[n].narrow(1, p0, T).t(), hd.w3s);  // [T, E*H2]
         at::Tensor gz = at::threshold_backward(ga2.view({T, hd.E, hd.H2}).transpose(0, 1), z, 0);
@@ -455,7 +697,7 @@ std::vector<at::Tensor> backward_impl(const Head& hd, const at::Tensor& grad_out
                             .view({T, hd.EH1});
         for (int64_t g = 0; g < G; ++g) {
           at::Tensor gsrc = gh;
-          if (hd.direct[g].numel() > 0) gsrc = at::mm(gh, hd.direct[g]).contiguous();  // [T, C_g]
+          if (hd.is_direct(g)) gsrc = at::mm(gh, hd.direct[g]).contiguous();  // [T, C_g]
           const int64_t K = gsrc.size(1), cols = hd.cols[g];
           const scalar_t* gp = gsrc.data_ptr<scalar_t>();
           scalar_t* acc = win[g].acc.template data_ptr<scalar_t>();
@@ -486,9 +728,29 @@ at::Tensor seg_head_forward(at::TensorList sources, at::TensorList direct, at::I
                             at::IntArrayRef offsets, const at::Tensor& pix_y, const at::Tensor& pix_x,
                             int64_t out_h, int64_t out_w, int64_t mode, const at::Tensor& b1, const at::Tensor& w2,
                             const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3, int64_t tile_pixels,
-                            bool bf16_products) {
+                            bool bf16_products, bool packed) {
   Head hd = make_head(sources.vec(), direct.vec(), sizes, offsets, pix_y, pix_x, out_h, out_w, mode, b1, w2, b2,
-                      w3, b3, tile_pixels, bf16_products);
+                      w3, b3, tile_pixels, bf16_products, packed);
+  at::Tensor out = at::empty({hd.N, hd.C, hd.npix}, b1.options());
+  if (hd.npix == 0) return out;
+  if (hd.dtype == at::kFloat) forward_impl<float>(hd, out);
+  else forward_impl<double>(hd, out);
+  return out;
+}
+
+// Inference (no autograd): like seg_head_forward, but the projected groups may be lazy -- their maps' windows
+// `maps` (channels first, [N, C_m, rows, cols]), map i in group map_groups[i], with the group's W1 columns
+// `group_weights[g]` ([C_g, E*H1], the maps' channels in order; empty for other groups; its `sources` entry is
+// then ignored) -- projected one image at a time inside the kernel,
+// so a batch never holds every image's projections at once and each image's stay in cache while its tiles run.
+at::Tensor seg_head_infer(at::TensorList sources, at::TensorList direct, at::TensorList maps,
+                          at::IntArrayRef map_groups, at::TensorList group_weights, at::IntArrayRef sizes,
+                          at::IntArrayRef offsets, const at::Tensor& pix_y, const at::Tensor& pix_x, int64_t out_h,
+                          int64_t out_w, int64_t mode, const at::Tensor& b1, const at::Tensor& w2,
+                          const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3, int64_t tile_pixels,
+                          bool packed) {
+  Head hd = make_head(sources.vec(), direct.vec(), sizes, offsets, pix_y, pix_x, out_h, out_w, mode, b1, w2, b2,
+                      w3, b3, tile_pixels, false, packed, maps, map_groups, group_weights);
   at::Tensor out = at::empty({hd.N, hd.C, hd.npix}, b1.options());
   if (hd.npix == 0) return out;
   if (hd.dtype == at::kFloat) forward_impl<float>(hd, out);
@@ -500,10 +762,10 @@ std::vector<at::Tensor> seg_head_backward(const at::Tensor& grad_out, at::Tensor
                                           at::TensorList direct, at::IntArrayRef sizes, at::IntArrayRef offsets,
                                           const at::Tensor& pix_y, const at::Tensor& pix_x, int64_t out_h,
                                           int64_t out_w, int64_t mode, const at::Tensor& b1, const at::Tensor& w2,
-                                          const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3, int64_t tile_pixels,
-                            bool bf16_products) {
+                                          const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3,
+                                          int64_t tile_pixels, bool bf16_products, bool packed) {
   Head hd = make_head(sources.vec(), direct.vec(), sizes, offsets, pix_y, pix_x, out_h, out_w, mode, b1, w2, b2,
-                      w3, b3, tile_pixels, bf16_products);
+                      w3, b3, tile_pixels, bf16_products, packed);
   TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({hd.N, hd.C, hd.npix}) && grad_out.scalar_type() == hd.dtype,
               "seg_head_backward: grad_out must be [N, C, P] in the compute dtype");
   if (hd.npix == 0) {
@@ -524,14 +786,20 @@ TORCH_LIBRARY_FRAGMENT(editgan_fast, m) {
   m.def(
       "seg_head_forward(Tensor[] sources, Tensor[] direct_weights, int[] source_sizes, int[] source_offsets, "
       "Tensor pix_y, Tensor pix_x, int out_h, int out_w, int mode, Tensor b1, Tensor w2, Tensor b2, Tensor w3, "
-      "Tensor b3, int tile_pixels=0, bool bf16_products=False) -> Tensor");
+      "Tensor b3, int tile_pixels=0, bool bf16_products=False, bool packed=True) -> Tensor");
+  m.def(
+      "seg_head_infer(Tensor[] sources, Tensor[] direct_weights, Tensor[] maps, int[] map_groups, "
+      "Tensor[] group_weights, int[] source_sizes, int[] source_offsets, Tensor pix_y, Tensor pix_x, int out_h, "
+      "int out_w, int mode, Tensor b1, Tensor w2, Tensor b2, Tensor w3, Tensor b3, int tile_pixels=0, "
+      "bool packed=True) -> Tensor");
   m.def(
       "seg_head_backward(Tensor grad_out, Tensor[] sources, Tensor[] direct_weights, int[] source_sizes, "
       "int[] source_offsets, Tensor pix_y, Tensor pix_x, int out_h, int out_w, int mode, Tensor b1, Tensor w2, "
-      "Tensor b2, Tensor w3, Tensor b3, int tile_pixels=0, bool bf16_products=False) -> Tensor[]");
+      "Tensor b2, Tensor w3, Tensor b3, int tile_pixels=0, bool bf16_products=False, bool packed=True) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(editgan_fast, CPU, m) {
   m.impl("seg_head_forward", &seg_head_forward);
+  m.impl("seg_head_infer", &seg_head_infer);
   m.impl("seg_head_backward", &seg_head_backward);
 }

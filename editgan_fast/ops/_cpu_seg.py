@@ -1,8 +1,8 @@
 """seg_head on the `cpu` backend: the native tiled kernel (csrc/cpu/seg_head.cpp) behind an autograd Function.
 
-Plan, per call (see the C++ file for the per-tile work):
+Plan (see the C++ file for the per-tile work):
 1. Fold each member's BatchNorms into the next Linear (in float64, then cast) and stack the members: W1 rows
-   [E*H1, D], the second and third layers as [E, H2, H1] / [E, C, H2].
+   [E*H1, D], the second and third layers as [E, H2, H1] / [E, C, H2] (once per ensemble).
 2. The requested pixels (the crop, or the region's pixels) as a row-major list; the source window of each map
    is only the rows/cols their taps read.
 3. Maps of one resolution share their taps, so they form one group. A group is *projected* (W1's columns
@@ -14,6 +14,13 @@ Plan, per call (see the C++ file for the per-tile work):
    ~300 MiB peak extra measured, ~830 MiB in one piece, ~14 GB for the reference's stack).
 Weights are frozen: only gradients w.r.t. the feature maps are computed.
 
+Inference (no autograd graph, fp32/fp64 storage, one image's projections under LAZY_BYTES -- the real-time path:
+`apply`, the service, batch jobs) takes a shorter route, `seg_head_infer`: the kernel projects each image itself
+right before that image's tiles, so a batch never stores every image's projections (16 images of the bundled
+model: 90 MB, past the L3 cache, written and read back from memory) and threads take whole images (no barrier
+per image). The plan of a full crop (pixel list, groups, stacked weights per group) is built once per
+(ensemble, shapes, crop, mode) and reused: a frame does no planning.
+
 bf16 mode (`use_backend("cpu", dtype=torch.bfloat16)`): the projections are stored in bf16 (half the memory and
 gather traffic); the tiles' arithmetic is fp32. The projections' products run as EDITGAN_FAST_BF16_PRODUCTS says
 (ops/_cpu_isa.py): natively in bf16 (oneDNN, fp32 accumulation, one rounding of the sum over the group's maps),
@@ -23,6 +30,8 @@ EditGAN car configuration (random members, bench/cases_seg.py, fp32 products): m
 largest logit; the tests bound it by 2e-2 against the float64 reference.
 """
 from __future__ import annotations
+
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +45,9 @@ _MODE = {"bilinear": 0, "nearest": 1}
 _PROJECTION_CHUNK_BYTES = 64 * 2**20  # fp32 temporary per projection step, bounds the peak in bf16 mode
 BAND_BYTES = 256 * 2**20  # projections alive at once (per band of output rows), bounds the peak memory
 TILE_PIXELS = 0  # pixels per tile; 0 lets the kernel size tiles for L2 (tests set tiny tiles)
+# fp32 layers whose width is a multiple of the kernel's block run in its packed linear+ReLU kernel; False sends
+# them to BLAS (the path of other widths), so tests cover both on one shape and benchmarks compare them.
+PACKED = True
 
 
 def _ops():
@@ -59,6 +71,7 @@ class _StackedMembers:
         self.w3 = cast(torch.stack([f[2][0] for f in folded]))        # [E, C, H2]
         self.b3 = cast(torch.stack([f[2][1] for f in folded]))        # [E, C]
         self.num_classes = self.w3.shape[1]
+        self.group_weights = {}  # (kind, the group's column slices) -> W1 columns, see _group_weight
 
     def mlp_tail(self):
         return self.b1, self.w2, self.b2, self.w3, self.b3
@@ -127,8 +140,23 @@ def _direct_source(features, g, dtype):
     return out
 
 
+def _cached_weight(stack, kind, g, build):
+    """A group's W1 columns in some layout, built once per ensemble (whatever the batch or crop)."""
+    key = (kind, tuple((s.start, s.stop) for s in g.col_slices))
+    if key not in stack.group_weights:
+        stack.group_weights[key] = build()
+    return stack.group_weights[key]
+
+
 def _group_weight(stack, g):
-    return torch.cat([stack.w1[:, s] for s in g.col_slices], dim=1).contiguous()  # [E*H1, C_g]
+    """[E*H1, C_g]: the group's columns of W1."""
+    return _cached_weight(stack, "direct", g,
+                          lambda: torch.cat([stack.w1[:, s] for s in g.col_slices], dim=1).contiguous())
+
+
+def _projection_weight(stack, g):
+    """[C_g, E*H1]: the group's W1 columns transposed, contiguous, as the inference kernel projects with them."""
+    return _cached_weight(stack, "projection", g, lambda: _group_weight(stack, g).t().contiguous())
 
 
 def _project(features, g, stack, dtype, storage):
@@ -255,7 +283,7 @@ def _kernel_args(groups, sources, direct, ys, xs, out_size, mode, stack, bf16_pr
     sizes = [v for g in groups for v in g.size]
     offsets = [v for g in groups for v in (g.window[0], g.window[2])]
     return (sources, direct, sizes, offsets, ys, xs, out_size[0], out_size[1], _MODE[mode], *stack.mlp_tail(),
-            TILE_PIXELS, bf16_products)
+            TILE_PIXELS, bf16_products, PACKED)
 
 
 def _bands(features, out_size, mode, ys, xs, eh1, storage):
@@ -289,6 +317,71 @@ def _stacked(members, dtype):
     return hit[1]
 
 
+LAZY_BYTES = 64 * 2**20  # one image's projections (compute dtype) a thread may hold on the inference route
+_PLAN_CACHE_SIZE = 8
+_plan_cache: dict = {}
+
+
+def _make_plan(features, out_size, mode, box, region, eh1, storage):
+    """(ys, xs, bands: [(ys, xs, groups)] for the autograd route, groups of all pixels for the inference route)."""
+    ys, xs = _pixel_list(box, region)
+    if ys.numel() == 0:
+        return ys, xs, [(ys, xs, [])], []
+    bands = [(bys, bxs, _plan_groups(features, out_size, mode, bys, bxs, eh1))
+             for bys, bxs in _bands(features, out_size, mode, ys, xs, eh1, storage)]
+    whole = bands[0][2] if len(bands) == 1 else _plan_groups(features, out_size, mode, ys, xs, eh1)
+    return ys, xs, bands, whole
+
+
+def _plan(stack, features, out_size, mode, box, region, eh1, storage):
+    """The plan of a full crop is cached (the same model and shapes come every frame; plans are small: pixel
+    lists and windows, the weights live with the stack); a region's is not."""
+    if region is not None:
+        return _make_plan(features, out_size, mode, box, region, eh1, storage)
+    key = (id(stack), tuple((tuple(f.shape), f.dtype) for f in features), out_size, mode, box, storage)
+    hit = _plan_cache.get(key)
+    if hit is None or hit[0]() is not stack:  # a weak reference: a plan never keeps an old ensemble alive
+        if len(_plan_cache) >= _PLAN_CACHE_SIZE:
+            _plan_cache.pop(next(iter(_plan_cache)))
+        hit = _plan_cache[key] = (weakref.ref(stack), _make_plan(features, out_size, mode, box, None, eh1,
+                                                                 storage))
+    return hit[1]
+
+
+def _needs_graph(features):
+    """Whether the call must record autograd or runs under a torch.func transform (its wrapped tensors hide
+    requires_grad): then it takes the Function's route."""
+    return any(torch._C._functorch.is_functorch_wrapped_tensor(f) for f in features) or (
+        torch.is_grad_enabled() and any(f.requires_grad for f in features))
+
+
+def _lazy_fits(groups, eh1, dtype):
+    per_image = sum((g.window[1] - g.window[0]) * (g.window[3] - g.window[2]) for g in groups if not g.direct)
+    return per_image * eh1 * dtype.itemsize <= LAZY_BYTES
+
+
+def _infer(features, stack, groups, ys, xs, out_size, mode, dtype):
+    """The inference route (module docstring): projected groups handed over as their maps' windows."""
+    sources, direct, maps, map_groups, weights = [], [], [], [], []
+    empty = torch.empty(0, dtype=dtype)
+    for k, g in enumerate(groups):
+        if g.direct:
+            sources.append(_direct_source(features, g, dtype))
+            direct.append(_group_weight(stack, g))
+            weights.append(empty)
+            continue
+        sources.append(empty)
+        direct.append(empty)
+        weights.append(_projection_weight(stack, g))
+        for i in g.maps:
+            maps.append(_window(features[i], g).to(dtype))
+            map_groups.append(k)
+    sizes = [v for g in groups for v in g.size]
+    offsets = [v for g in groups for v in (g.window[0], g.window[2])]
+    return _ops().seg_head_infer(sources, direct, maps, map_groups, weights, sizes, offsets, ys, xs,
+                                 out_size[0], out_size[1], _MODE[mode], *stack.mlp_tail(), TILE_PIXELS, PACKED)
+
+
 def seg_head_cpu(features, members, out_size, crop=None, mode="bilinear", region=None):
     """The reference's signature and result; never builds the [N, D, h, w] stack."""
     in_dtype = features[0].dtype
@@ -301,15 +394,15 @@ def seg_head_cpu(features, members, out_size, crop=None, mode="bilinear", region
     storage = torch.bfloat16 if (mode_dtype == torch.bfloat16 and dtype == torch.float32) else dtype
     out_size = tuple(out_size)
     box = crop_box(out_size, crop)
-    ys, xs = _pixel_list(box, region)
     stack = _stacked(members, dtype)
     eh1 = stack.w1.shape[0]
-    pieces = []
-    for band_ys, band_xs in _bands(features, out_size, mode, ys, xs, eh1, storage):
-        groups = _plan_groups(features, out_size, mode, band_ys, band_xs, eh1) if band_ys.numel() else []
-        plan = (stack, groups, band_ys, band_xs, out_size, mode, dtype, storage)
-        pieces.append(_SegHeadFunction.apply(plan, *features)[0])
-    logits = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
+    ys, xs, bands, whole = _plan(stack, features, out_size, mode, box, region, eh1, storage)
+    if ys.numel() and storage == dtype and not _needs_graph(features) and _lazy_fits(whole, eh1, dtype):
+        logits = _infer(features, stack, whole, ys, xs, out_size, mode, dtype)
+    else:
+        pieces = [_SegHeadFunction.apply((stack, groups, bys, bxs, out_size, mode, dtype, storage), *features)[0]
+                  for bys, bxs, groups in bands]
+        logits = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
     if region is None:
         logits = logits.reshape(logits.shape[0], logits.shape[1], box[1] - box[0], box[3] - box[2])
     return logits.to(in_dtype)

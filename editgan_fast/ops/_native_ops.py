@@ -19,10 +19,12 @@ from . import _vmap
 _LIB = "editgan_fast::"
 
 
-def _register(name, fake, sample):
-    """Register `fake`, and a vmap rule folding the arguments at positions `sample` (per-sample tensors or tensor
-    lists) into the batch and unfolding every tensor result."""
+def _register(name, fake, sample=None):
+    """Register `fake`, and (given `sample`) a vmap rule folding the arguments at positions `sample` (per-sample
+    tensors or tensor lists) into the batch and unfolding every tensor result."""
     torch.library.register_fake(_LIB + name, fake)
+    if sample is None:
+        return
 
     def rule(info, in_dims, *args):
         args, n = _vmap.fold(info, in_dims, args, sample, name)
@@ -58,12 +60,20 @@ def _winograd_conv(x, u, scale, bt, window, at, out_tile, up, out_h, out_w, d=No
 
 
 def _seg_head_forward(sources, direct, sizes, offsets, pix_y, pix_x, out_h, out_w, mode, b1, w2, b2, w3, b3,
-                      tile_pixels=0, bf16_products=False):
+                      tile_pixels=0, bf16_products=False, packed=True):
     return b1.new_empty((sources[0].shape[0], w3.shape[1], pix_y.shape[0]))  # [N, C, P], w3 [E, C, H2]
 
 
+def _seg_head_infer(sources, direct, maps, map_groups, group_weights, sizes, offsets, pix_y, pix_x, out_h, out_w,
+                    mode, b1, w2, b2, w3, b3, tile_pixels=0, packed=True):
+    # The batch: a direct group's source [N, rows, cols, K] or a projected group's map [N, C, h, w] (the other
+    # list holds empty placeholders).
+    n = next(t.shape[0] for t in (*sources, *maps) if t.dim() == 4)
+    return b1.new_empty((n, w3.shape[1], pix_y.shape[0]))
+
+
 def _seg_head_backward(grad_out, sources, direct, sizes, offsets, pix_y, pix_x, out_h, out_w, mode, b1, w2, b2, w3,
-                       b3, tile_pixels=0, bf16_products=False):
+                       b3, tile_pixels=0, bf16_products=False, packed=True):
     return [b1.new_empty(s.shape) for s in sources]  # gradients in the compute dtype, bf16 sources included
 
 
@@ -72,4 +82,5 @@ _register("epilogue_backward", _epilogue_backward, sample=(0, 1, 2, 3))     # gr
 _register("fir_separable", _fir_separable, sample=(0, 4, 5))                # x, d, noise
 _register("winograd_conv", _winograd_conv, sample=(0, 2, 10, 11))           # x, scale, d, noise
 _register("seg_head_forward", _seg_head_forward, sample=(0,))               # sources
+_register("seg_head_infer", _seg_head_infer)  # inference only: torch.func's wrapped features take seg_head_forward
 _register("seg_head_backward", _seg_head_backward, sample=(0, 1))           # grad_out, sources
