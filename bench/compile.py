@@ -105,6 +105,18 @@ def main(argv=None):
         times = interleaved_times(lambda: synthesis(styles), lambda: compiled(styles), args.repeats)
         print(row("synthesis", times, compile_s, census, kernels))
 
+        # The same at a production size: what compiling costs per call (dynamo's guards, the compiled graph's
+        # wrapper: a fixed ~0.5-1 ms) against a synthesis of ~0.5 s instead of ~10 ms.
+        from editgan_fast.models.generator import Generator
+        big = Generator(512, channel_multiplier=2).eval().requires_grad_(False)
+        big_styles = [s.detach() for s in big.styles(big.mapping(torch.randn(1, big.style_dim))[:, None]
+                                                     .expand(-1, big.num_ws, -1))]
+        big_synthesis = lambda s: big.synthesis_from_styles(s)  # noqa: E731
+        compiled, compile_s, census, kernels = timed_compile(big_synthesis, big_styles)
+        times = interleaved_times(lambda: big_synthesis(big_styles), lambda: compiled(big_styles),
+                                  max(3, args.repeats // 3))
+        print(row("synthesis 512 config-f", times, compile_s, census, kernels))
+
         render = editor._render_chunk  # what Editor(compile=True) compiles: synthesis + segmentation
         compiled, compile_s, census, kernels = timed_compile(render, styles, True)
         editor._render = compiled
