@@ -2,18 +2,17 @@
 worker is killed mid-job ends with the same shards, byte for byte, as the local path, and a complete manifest;
 a second job of the same driver (in Parquet) reuses the editor its workers built; the pool fits the work."""
 import os
-import signal
 from pathlib import Path
 
 import pytest
 
 from batch_helpers import editor as make_editor, manifest, manifest_keys, small_job
+from ray_helpers import local_ray
 from editgan_fast.batch import local, run_local
 from editgan_fast.batch.on_ray import pool_shape, render_shards, run_ray
 from editgan_fast.editor import default_editor
 
 ray = pytest.importorskip("ray")
-TESTS = os.path.dirname(os.path.abspath(__file__))
 TIME_LIMIT_S = 420
 
 
@@ -36,19 +35,8 @@ def counting_editor(log):
 
 @pytest.fixture(scope="module")
 def cluster():
-    def too_slow(*_):
-        raise TimeoutError(f"the Ray tests took over {TIME_LIMIT_S} s")
-    previous = signal.signal(signal.SIGALRM, too_slow)
-    signal.alarm(TIME_LIMIT_S)
-    # the workers import this folder's helpers (DiesOnce) like the driver does
-    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": TESTS}})
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
+    with local_ray(TIME_LIMIT_S, "the Ray tests") as ray_module:  # its workers import dies_once from here
+        yield ray_module
 
 
 def make_default_editor():

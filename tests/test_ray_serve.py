@@ -2,8 +2,6 @@
 The service's own API tests run against it over HTTP, and concurrent clients' applies are batched."""
 import contextlib
 import json
-import os
-import signal
 import threading
 
 import pytest
@@ -28,9 +26,9 @@ from test_serve_api import (  # noqa: E402,F401
 from editgan_fast.editor import default_editor  # noqa: E402
 from editgan_fast.serve import Limits  # noqa: E402
 from editgan_fast.serve.local import free_port  # noqa: E402
+from ray_helpers import local_ray  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:no LPIPS weights")
-TESTS = os.path.dirname(os.path.abspath(__file__))
 TIME_LIMIT_S = 480
 K_CLIENTS = 8
 
@@ -47,28 +45,15 @@ def editor():
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """(base URL, library folder) of one Ray Serve deployment for the whole module."""
-    from ray import serve
     from editgan_fast.serve import ray_serve
-
-    def too_slow(*_):
-        raise TimeoutError(f"the Ray Serve tests took over {TIME_LIMIT_S} s")
-    previous = signal.signal(signal.SIGALRM, too_slow)
-    signal.alarm(TIME_LIMIT_S)
     library = tmp_path_factory.mktemp("ray_serve") / "library"
-    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": TESTS}})
-    try:
+    with local_ray(TIME_LIMIT_S, "the Ray Serve tests", serve=True):
         # the limits and preview cadence of the service tests' own client
         limits = Limits(max_body_bytes=2 << 20, max_image_pixels=400 * 400, max_scales=4, max_steps=50)
         url = ray_serve.run(make_default_editor, host="127.0.0.1", port=free_port(),
                             app_options={"library_dir": str(library), "limits": limits, "preview_every": 2},
                             wait_s=0.05)
         yield url, library
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 class WebSocket:

@@ -3,8 +3,6 @@ A client that keeps the replica cookie (or sends the header) reaches its session
 websocket stream; requests naming no replica are spread over both replicas (so affinity is what makes the
 first work)."""
 import json
-import os
-import signal
 
 import pytest
 
@@ -15,6 +13,7 @@ websockets_client = pytest.importorskip("websockets.sync.client")
 
 from editgan_fast.editor import default_editor  # noqa: E402
 from editgan_fast.serve.local import free_port  # noqa: E402
+from ray_helpers import local_ray  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:no LPIPS weights")
 TIME_LIMIT_S = 420
@@ -28,23 +27,10 @@ def make_default_editor():
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory):
-    from ray import serve
     from editgan_fast.serve import ray_serve
-
-    def too_slow(*_):
-        raise TimeoutError(f"the Ray Serve affinity tests took over {TIME_LIMIT_S} s")
-    previous = signal.signal(signal.SIGALRM, too_slow)
-    signal.alarm(TIME_LIMIT_S)
-    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.path.dirname(os.path.abspath(__file__))}})
-    try:
+    with local_ray(TIME_LIMIT_S, "the Ray Serve affinity tests", serve=True):
         yield ray_serve.run(make_default_editor, host="127.0.0.1", port=free_port(), num_replicas=2,
                             app_options={"library_dir": str(tmp_path_factory.mktemp("affinity") / "library")})
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def test_a_client_keeps_its_replica_and_sessions(url):

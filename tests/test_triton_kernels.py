@@ -157,14 +157,18 @@ def test_modulated_conv2d_shared_noise_precomputed_wsq_no_clamp():
                                                bias=bias.to(x.dtype), act="lrelu"), [x, s, noise])
 
 
-def test_modulated_conv2d_torgb_with_fused_skip():
-    f, w, x, s, _, _ = conv_case(cin=24, cout=3, size=16, k=1)
+def check_torgb_with_fused_skip(cin):
+    f, w, x, s, _, _ = conv_case(cin=cin, cout=3, size=16, k=1)
     skip, bias = randn(2, 3, 8, 8), randn(3)
 
     def torgb(x, s, skip, bias):
         return modulated_conv2d(x, w.to(x.dtype), s, demodulate=False, resample_filter=f.to(x.dtype), bias=bias,
                                 skip=skip)
     check(torgb, [x, s, skip, bias])
+
+
+def test_modulated_conv2d_torgb_with_fused_skip():
+    check_torgb_with_fused_skip(cin=24)
 
 
 @pytest.mark.parametrize("storage", [torch.float16, torch.bfloat16])
@@ -230,13 +234,7 @@ def test_modulated_conv2d_torgb_every_layout(layout, monkeypatch):
     from editgan_fast.kernels import modulated_conv as mc
     config = next(c for c in _all_configs() if c.layout == layout)
     monkeypatch.setattr(mc, "candidates", lambda device, dtype: (config,))
-    f, w, x, s, _, _ = conv_case(cin=32, cout=3, size=16, k=1)
-    skip, bias = randn(2, 3, 8, 8), randn(3)
-
-    def torgb(x, s, skip, bias):
-        return modulated_conv2d(x, w.to(x.dtype), s, demodulate=False, resample_filter=f.to(x.dtype), bias=bias,
-                                skip=skip)
-    check(torgb, [x, s, skip, bias])
+    check_torgb_with_fused_skip(cin=32)
 
 
 def test_modulated_conv2d_config_resolves_per_layer():
