@@ -36,6 +36,7 @@ import torch
 
 from .. import backend
 from ..errors import BackendUnavailable, InputValueError
+from ..ops._derived import version
 from .editor import Result, combine_styles
 
 DEFAULT_CAPACITY = 4
@@ -158,7 +159,7 @@ class GraphedApply:
         if self._tensors is None:
             self._tensors = [t for m in (editor.generator, editor.segmenter)
                              for t in (*m.parameters(), *m.buffers())]
-        state = (backend.current(), sum(_version(t) for t in self._tensors))  # versions only grow
+        state = (backend.current(), sum(version(t) for t in self._tensors))  # versions only grow
         members = editor.segmenter.members  # kept referenced, so `is` cannot match a recycled object
         if state != self._state or members is not self._members:
             self._entries.clear()
@@ -203,10 +204,3 @@ def _copy_scales(static: torch.Tensor, scales: torch.Tensor):
     if static.is_cuda:
         scales = scales.pin_memory()
     static.copy_(scales, non_blocking=static.is_cuda)
-
-
-def _version(t: torch.Tensor) -> int:
-    try:
-        return t._version
-    except RuntimeError:  # an inference tensor has no version counter (and cannot be modified outside one)
-        return 0

@@ -279,11 +279,14 @@ def _starts(col_slices):
     return out
 
 
+def _group_geometry(groups):
+    """(source_sizes, source_offsets) as the kernels take them: each group's map size and window origin."""
+    return [v for g in groups for v in g.size], [v for g in groups for v in (g.window[0], g.window[2])]
+
+
 def _kernel_args(groups, sources, direct, ys, xs, out_size, mode, stack, bf16_products):
-    sizes = [v for g in groups for v in g.size]
-    offsets = [v for g in groups for v in (g.window[0], g.window[2])]
-    return (sources, direct, sizes, offsets, ys, xs, out_size[0], out_size[1], _MODE[mode], *stack.mlp_tail(),
-            TILE_PIXELS, bf16_products, PACKED)
+    return (sources, direct, *_group_geometry(groups), ys, xs, out_size[0], out_size[1], _MODE[mode],
+            *stack.mlp_tail(), TILE_PIXELS, bf16_products, PACKED)
 
 
 def _bands(features, out_size, mode, ys, xs, eh1, storage):
@@ -376,9 +379,7 @@ def _infer(features, stack, groups, ys, xs, out_size, mode, dtype):
         for i in g.maps:
             maps.append(_window(features[i], g).to(dtype))
             map_groups.append(k)
-    sizes = [v for g in groups for v in g.size]
-    offsets = [v for g in groups for v in (g.window[0], g.window[2])]
-    return _ops().seg_head_infer(sources, direct, maps, map_groups, weights, sizes, offsets, ys, xs,
+    return _ops().seg_head_infer(sources, direct, maps, map_groups, weights, *_group_geometry(groups), ys, xs,
                                  out_size[0], out_size[1], _MODE[mode], *stack.mlp_tail(), TILE_PIXELS, PACKED)
 
 

@@ -3,7 +3,8 @@ weight (packed weights, filters, packed ensembles) so that a warm call allocates
 import weakref
 
 
-def _version(t):
+def version(t):
+    """The tensor's version counter (it moves on every in-place change); -1 for an inference tensor."""
     try:
         return t._version
     except RuntimeError:  # an inference tensor has no version counter (and cannot be modified outside one)
@@ -22,7 +23,7 @@ class DerivedCache:
 
     def get(self, tensors, extra, build):
         key = (tuple(id(t) for t in tensors), extra)
-        versions = tuple(_version(t) for t in tensors)
+        versions = tuple(version(t) for t in tensors)
         hit = self._entries.get(key)
         if hit is not None and hit[1] == versions and all(ref() is t for ref, t in zip(hit[0], tensors)):
             return hit[2]
