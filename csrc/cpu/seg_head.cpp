@@ -505,7 +505,6 @@ Bases project_image(const Head& hd, int64_t n, std::vector<at::Tensor>& projecte
       c0 += map.size(1);
     }
     b[g] = projected[g].data_ptr();
-    continue;
   }
   return b;
 }
