@@ -24,10 +24,14 @@ def _opcheck(op, args):
     assert set(result.values()) == {"SUCCESS"}, result
 
 
+def _detached(args):
+    detach = lambda a: a.detach() if isinstance(a, torch.Tensor) else a
+    return [[detach(t) for t in a] if isinstance(a, list) else detach(a) for a in args]
+
+
 def _opcheck_grad(op, grad_out, args):
     """opcheck of a `<op>_grad` op (first-order only: its inputs do not require grad)."""
-    detach = lambda a: a.detach() if isinstance(a, torch.Tensor) else a
-    _opcheck(op, (grad_out, *[[detach(t) for t in a] if isinstance(a, list) else detach(a) for a in args]))
+    _opcheck(op, (grad_out, *_detached(args)))
 
 
 @pytest.fixture
@@ -49,6 +53,19 @@ def _check_vmap(op, args, positions):
     with torch.no_grad():
         got = torch.func.vmap(op, in_dims=in_dims)(*stacked)
         torch.testing.assert_close(got, torch.stack([op(*c) for c in calls]))
+
+
+def _check_nograd_twin(op, args, positions):
+    """The op's inference twin, which a graph traced under no_grad records instead (no autograd kernel, so its
+    calls skip torch.library's Python autograd hop): its own registration passes opcheck, it computes what the op
+    computes, and it has the op's vmap rule."""
+    with torch.no_grad():
+        twin = _library.for_trace(op)
+    assert twin is not op and "nograd" in str(twin)
+    args = _detached(args)
+    _opcheck(twin, args)
+    torch.testing.assert_close(twin(*args), op(*args), atol=0, rtol=0)
+    _check_vmap(twin, args, positions)
 
 
 def _check_grads(op_out, ref_out, inputs, atol):
@@ -77,6 +94,7 @@ def test_modulated_conv2d(up, skip, no_vmap_fallback):
     out = _library.modulated_conv2d(*args)
     _opcheck_grad(_library.modulated_conv2d_grad, _rand(*out.shape, seed=6), args)
     _check_vmap(_library.modulated_conv2d, args, positions=(0, 2, 7) if skip else (0, 2))  # x, styles, skip
+    _check_nograd_twin(_library.modulated_conv2d, args, positions=(0, 2, 7) if skip else (0, 2))
     ref = modulated_conv2d_reference(x, weight, styles, demodulate=not skip, up=up, resample_filter=f,
                                      noise=None if skip else noise, bias=bias, act=act, skip=skip_t)
     _check_grads(out, ref, [t for t in (x, styles, skip_t) if t is not None], atol=1e-9)
@@ -89,6 +107,7 @@ def test_bias_act(no_vmap_fallback):
     _opcheck(_library.bias_act, args)
     _opcheck_grad(_library.bias_act_grad, _rand(*x.shape, seed=2), args)
     _check_vmap(_library.bias_act, args, positions=(0,))
+    _check_nograd_twin(_library.bias_act, args, positions=(0,))
     _check_grads(_library.bias_act(*args), bias_act_reference(x, b, act="lrelu", clamp=0.7), [x], atol=1e-12)
 
 
@@ -101,6 +120,7 @@ def test_upfirdn2d(up, down, padding, no_vmap_fallback):
     ref = upfirdn2d_reference(x, f, up=up, down=down, padding=padding, gain=up * up)
     _opcheck_grad(_library.upfirdn2d_grad, _rand(*ref.shape, seed=2), args)
     _check_vmap(_library.upfirdn2d, args, positions=(0,))
+    _check_nograd_twin(_library.upfirdn2d, args, positions=(0,))
     _check_grads(_library.upfirdn2d(*args), ref, [x], atol=1e-12)
 
 
@@ -125,6 +145,7 @@ def test_seg_head(region, no_vmap_fallback):
     out = _library.seg_head(*args)
     _opcheck_grad(_library.seg_head_grad, _rand(*out.shape, seed=6), args)
     _check_vmap(_library.seg_head, args, positions=(0,))
+    _check_nograd_twin(_library.seg_head, args, positions=(0,))
     if not region:
         out, ref = out.flatten(2), ref.flatten(2)
     _check_grads(out, ref, features, atol=1e-9)

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import backend
+from . import _function
 from ._cpu_isa import native_bf16_products
 from .bias_act import _defaults
 from .modulated_conv2d import skip_padding, up_blur_padding
@@ -91,7 +92,7 @@ def _epilogue(y, d=None, noise=None, bias=None, residual=None, act="linear", alp
     d, noise, bias, *params = _epilogue_args(y.shape, y.dtype, d, noise, bias, act, alpha, gain, clamp)
     if residual is not None:
         residual = residual.to(y.dtype).contiguous()
-    return _Epilogue.apply(y.contiguous(), d, noise, bias, residual, *params)
+    return _function.call(_Epilogue, y.contiguous(), d, noise, bias, residual, *params)
 
 
 class SeparableFir(torch.autograd.Function):
@@ -115,7 +116,8 @@ class SeparableFir(torch.autograd.Function):
         (taps,) = ctx.saved_tensors
         n = taps.shape[0]
         pad0, pad1 = ctx.pads
-        grad_x = SeparableFir.apply(grad.to(taps.dtype).contiguous(), taps.flip(0), n - 1 - pad0, n - 1 - pad1)
+        grad_x = _function.call(SeparableFir, grad.to(taps.dtype).contiguous(), taps.flip(0), n - 1 - pad0,
+                                n - 1 - pad1)
         return grad_x.to(ctx.x_dtype), None, None, None
 
 
@@ -298,7 +300,7 @@ def _conv_same(x, s, w):
         return torch.bmm(w.detach()[None, :, :, 0, 0] * s[:, None, :], x.reshape(n, c, h * width)).view(
             n, -1, h, width)
     if _use_winograd(x, w, 1):
-        return Winograd3x3.apply(x, s, w, 1)
+        return _function.call(Winograd3x3, x, s, w, 1)
     if _fold_into_weight(x, w):
         return F.conv2d(x, w.detach() * s[0][None, :, None, None], padding=w.shape[-1] // 2)
     return F.conv2d(_scaled(x, s), w.detach(), padding=w.shape[-1] // 2)
@@ -307,7 +309,7 @@ def _conv_same(x, s, w):
 def _conv_transpose_up2(x, s, w):
     """The stride-2 transposed convolution of x * s with w [Cout, Cin, k, k] (its full output, (H-1)*2 + k)."""
     if _use_winograd(x, w, 2):
-        return Winograd3x3.apply(x, s, w, 2)
+        return _function.call(Winograd3x3, x, s, w, 2)
     if _fold_into_weight(x, w):
         return F.conv_transpose2d(x, _transposed.get(w) * s[0][:, None, None, None], stride=2)
     return F.conv_transpose2d(_scaled(x, s), _transposed.get(w), stride=2)
@@ -353,7 +355,7 @@ def modulated_conv2d_cpu(x, weight, styles, demodulate=True, up=1, resample_filt
         if fused:
             out = _native().fir_separable(t, blur, p0, p1, *fused)
         else:
-            y = SeparableFir.apply(t, blur, p0, p1)
+            y = _function.call(SeparableFir, t, blur, p0, p1)
     if out is None:
         y = y.to(y_dtype)
         residual = None

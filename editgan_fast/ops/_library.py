@@ -48,6 +48,12 @@ def _autograd_inside_kernel():
         yield
 
 
+def _selected(mode):
+    """The cpu backend under the trace's dtype selection `mode`, around a kernel's body; nothing to switch (and no
+    context manager's cost on every op call) when the caller already runs under it."""
+    return contextlib.nullcontext() if backend._current() == ("cpu", mode) else backend.use_backend("cpu", mode)
+
+
 def traced(name: str) -> bool:
     """Whether an op resolved to backend `name` goes through its custom op: while torch.compile or
     torch.export traces (eager calls keep the backend's own autograd code, whose backward needs no recompute)."""
@@ -99,36 +105,71 @@ def _nothing(like):
     return like.new_empty(0)
 
 
+_LIB = torch.library.Library("editgan_fast", "FRAGMENT")  # the inference twins
+_INFERENCE: dict = {}  # custom op -> its inference twin
+
+
+def _custom_op(impl, fake):
+    """The custom op `editgan_fast::<impl's name>` (schema from impl's annotations) and its inference twin
+    `<name>_nograd`: the same kernel and fake kernel without an autograd kernel, which a graph traced under no_grad
+    records (see `for_trace`). A custom op's autograd kernel is Python (torch.library's, run on every call, with
+    or without gradients: ~20 us of a ~28 us call, measured); an op without one passes the autograd key in C++."""
+    name = impl.__name__
+    op = torch.library.custom_op(f"editgan_fast::{name}", impl, mutates_args=(), device_types="cpu")
+    op.register_fake(fake)
+    twin = f"{name}_nograd"
+    _LIB.define(twin + torch.library.infer_schema(impl, mutates_args=()))
+    _LIB.impl(twin, impl, "CPU")
+    torch.library.register_fake(f"editgan_fast::{twin}", fake, lib=_LIB)
+    _INFERENCE[op] = getattr(torch.ops.editgan_fast, twin).default
+    return op
+
+
+def for_trace(op):
+    """The op a trace records for `op`: its inference twin under no_grad (dynamo guards on the grad mode, so a
+    graph traced without gradients is never run with them)."""
+    return op if torch.is_grad_enabled() else _INFERENCE[op]
+
+
+def _register_vmap(op, rule):
+    """`rule(target, info, in_dims, *args)` as the vmap rule of `op` and of its inference twin, each calling
+    itself as `target`."""
+    op.register_vmap(lambda *args: rule(op, *args))
+    twin = _INFERENCE[op]
+    torch.library.register_vmap(twin, lambda *args: rule(twin, *args), lib=_LIB)
+
+
 def _register_folding_vmap(op, name, sample):
     """vmap of `op`: its per-sample arguments at positions `sample` folded into the batch, one call."""
-    def rule(info, in_dims, *args):
+    def rule(target, info, in_dims, *args):
         args, n = _vmap.fold(info, in_dims, args, sample, name)
-        return _vmap.unfold(info, op(*args), n), 0
+        return _vmap.unfold(info, target(*args), n), 0
 
-    op.register_vmap(rule)
+    _register_vmap(op, rule)
 
 
 # ---------------------------------------------------------------------------------------- modulated_conv2d
 _MC_TENSORS = ("x", "weight", "styles", "resample_filter", "wsq", "noise", "bias", "skip")
 
 
-@torch.library.custom_op("editgan_fast::modulated_conv2d", mutates_args=(), device_types="cpu")
 def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor,
                      resample_filter: torch.Tensor | None, wsq: torch.Tensor | None, noise: torch.Tensor | None,
                      bias: torch.Tensor | None, skip: torch.Tensor | None, demodulate: bool, up: int, act: str,
                      alpha: float, gain: float, clamp: float | None, eps: float,
                      mode: torch.dtype | None) -> torch.Tensor:
-    with backend.use_backend("cpu", mode):
+    with _selected(mode):
         return _cpu("modulated_conv2d")(x, weight, styles, demodulate=demodulate, up=up,
                                         resample_filter=resample_filter, wsq=wsq, noise=noise, bias=bias, act=act,
                                         alpha=alpha, gain=gain, clamp=clamp, skip=skip, eps=eps)
 
 
-@modulated_conv2d.register_fake
-def _(x, weight, styles, resample_filter, wsq, noise, bias, skip, demodulate, up, act, alpha, gain, clamp, eps,
-      mode):
+def _mc_fake(x, weight, styles, resample_filter, wsq, noise, bias, skip, demodulate, up, act, alpha, gain, clamp,
+             eps, mode):
     n, _, h, w = x.shape
     return x.new_empty((n, weight.shape[0], h * up, w * up), dtype=_storage_dtype(x, mode))
+
+
+modulated_conv2d = _custom_op(modulated_conv2d, _mc_fake)
 
 
 @torch.library.custom_op("editgan_fast::modulated_conv2d_grad", mutates_args=(), device_types="cpu")
@@ -168,16 +209,17 @@ _register_folding_vmap(modulated_conv2d, "modulated_conv2d", sample=(0, 2, 5, 7)
 
 
 # ------------------------------------------------------------------------------------------------ bias_act
-@torch.library.custom_op("editgan_fast::bias_act", mutates_args=(), device_types="cpu")
 def bias_act(x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str, alpha: float, gain: float,
              clamp: float | None, mode: torch.dtype | None) -> torch.Tensor:
-    with backend.use_backend("cpu", mode):
+    with _selected(mode):
         return _cpu("bias_act")(x, b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)
 
 
-@bias_act.register_fake
-def _(x, b, dim, act, alpha, gain, clamp, mode):
+def _bias_act_fake(x, b, dim, act, alpha, gain, clamp, mode):
     return torch.empty_like(x, dtype=_storage_dtype(x, mode))
+
+
+bias_act = _custom_op(bias_act, _bias_act_fake)
 
 
 @torch.library.custom_op("editgan_fast::bias_act_grad", mutates_args=(), device_types="cpu")
@@ -209,28 +251,31 @@ def _register_first_input_grad(op, grad_op):
 _register_first_input_grad(bias_act, bias_act_grad)
 
 
-@bias_act.register_vmap
-def _(info, in_dims, x, b, dim, *constants):
+def _bias_act_vmap(target, info, in_dims, x, b, dim, *constants):
     """x's vmapped dimension becomes a new leading one (the bias's `dim` shifts by one): any `dim` works, 0
     included, which folding into dim 0 would break."""
     _vmap.check_shared(in_dims, (x, b), (0,), "bias_act")  # so x is the vmapped one
-    return bias_act(x.movedim(in_dims[0], 0), b, dim + 1, *constants), 0
+    return target(x.movedim(in_dims[0], 0), b, dim + 1, *constants), 0
+
+
+_register_vmap(bias_act, _bias_act_vmap)
 
 
 # ----------------------------------------------------------------------------------------------- upfirdn2d
-@torch.library.custom_op("editgan_fast::upfirdn2d", mutates_args=(), device_types="cpu")
 def upfirdn2d(x: torch.Tensor, f: torch.Tensor, up: int, down: int, padding: list[int], flip_filter: bool,
               gain: float, mode: torch.dtype | None) -> torch.Tensor:
-    with backend.use_backend("cpu", mode):
+    with _selected(mode):
         return _cpu("upfirdn2d")(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
 
 
-@upfirdn2d.register_fake
-def _(x, f, up, down, padding, flip_filter, gain, mode):
+def _upfirdn2d_fake(x, f, up, down, padding, flip_filter, gain, mode):
     from .upfirdn2d import output_size
     fh, fw = (f.shape[0], f.shape[0]) if f.ndim == 1 else f.shape
     oh, ow = output_size(x.shape[2], x.shape[3], fh, fw, up, down, padding)
     return x.new_empty((x.shape[0], x.shape[1], oh, ow), dtype=_storage_dtype(x, mode))
+
+
+upfirdn2d = _custom_op(upfirdn2d, _upfirdn2d_fake)
 
 
 @torch.library.custom_op("editgan_fast::upfirdn2d_grad", mutates_args=(), device_types="cpu")
@@ -309,23 +354,24 @@ def _seg_args(features, members, bn_eps, out_size, crop, mode, pixels):
                 crop=None if crop is None else tuple(crop), mode=mode, region=region)
 
 
-@torch.library.custom_op("editgan_fast::seg_head", mutates_args=(), device_types="cpu")
 def seg_head(features: list[torch.Tensor], members: list[torch.Tensor], bn_eps: list[float], out_size: list[int],
              crop: list[int] | None, mode: str, pixels: torch.Tensor | None,
              dtype_mode: torch.dtype | None) -> torch.Tensor:
     """`pixels`: sorted unique flat row-major indices into the (cropped) output, or None for all of it."""
-    with backend.use_backend("cpu", dtype_mode):
+    with _selected(dtype_mode):
         return _cpu("seg_head")(**_seg_args(features, members, bn_eps, out_size, crop, mode, pixels))
 
 
-@seg_head.register_fake
-def _(features, members, bn_eps, out_size, crop, mode, pixels, dtype_mode):
+def _seg_head_fake(features, members, bn_eps, out_size, crop, mode, pixels, dtype_mode):
     from .seg_head import crop_box
     n, num_classes = features[0].shape[0], members[2].shape[0]  # the third Linear layer: [C, H2]
     if pixels is not None:
         return features[0].new_empty((n, num_classes, pixels.shape[0]))
     y0, y1, x0, x1 = crop_box(tuple(out_size), None if crop is None else tuple(crop))
     return features[0].new_empty((n, num_classes, y1 - y0, x1 - x0))
+
+
+seg_head = _custom_op(seg_head, _seg_head_fake)
 
 
 @torch.library.custom_op("editgan_fast::seg_head_grad", mutates_args=(), device_types="cpu")

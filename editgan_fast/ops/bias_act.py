@@ -45,6 +45,6 @@ def bias_act(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=None):
     alpha, gain = _defaults(act, alpha, gain)
     name = backend.resolve_name("bias_act", x)
     if _library.traced(name):
-        return _library.bias_act(x, b, dim, act, alpha, gain, None if clamp is None else float(clamp),
-                                 backend.current().dtype)
+        op = _library.for_trace(_library.bias_act)
+        return op(x, b, dim, act, alpha, gain, None if clamp is None else float(clamp), backend.current().dtype)
     return backend.implementation("bias_act", name)(x, b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)

@@ -91,9 +91,9 @@ def modulated_conv2d(x, weight, styles, demodulate=True, up=1, resample_filter=N
         raise ValueError(f"bias must be [{cout}], got {tuple(bias.shape)}")
     name = backend.resolve_name("modulated_conv2d", x)
     if _library.traced(name):
-        return _library.modulated_conv2d(x, weight, styles, resample_filter, wsq, noise, bias, skip, demodulate, up,
-                                         act, alpha, gain, None if clamp is None else float(clamp), eps,
-                                         backend.current().dtype)
+        op = _library.for_trace(_library.modulated_conv2d)
+        return op(x, weight, styles, resample_filter, wsq, noise, bias, skip, demodulate, up, act, alpha, gain,
+                  None if clamp is None else float(clamp), eps, backend.current().dtype)
     return backend.implementation("modulated_conv2d", name)(
         x, weight, styles, demodulate=demodulate, up=up, resample_filter=resample_filter, wsq=wsq, noise=noise,
         bias=bias, act=act, alpha=alpha, gain=gain, clamp=clamp, skip=skip, eps=eps)

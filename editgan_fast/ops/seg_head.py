@@ -163,8 +163,9 @@ def seg_head(features, members, out_size, crop=None, mode="bilinear", region=Non
         pixels = None if region is None else region.flatten().nonzero()[:, 0] if region.dtype == torch.bool \
             else region
         tensors, eps = _library.flatten_members(members)
-        return _library.seg_head(list(features), tensors, eps, list(out_size), None if crop is None else list(crop),
-                                 mode, pixels, backend.current().dtype)
+        op = _library.for_trace(_library.seg_head)
+        return op(list(features), tensors, eps, list(out_size), None if crop is None else list(crop), mode, pixels,
+                  backend.current().dtype)
     if region is not None and region.dtype != torch.bool and not torch.compiler.is_compiling():
         region = _library.region_mask(region, box, x.device)  # what every backend takes in eager mode
     return backend.implementation("seg_head", name)(features, members, out_size, crop=crop, mode=mode,

@@ -79,8 +79,8 @@ def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1.0):
         raise ValueError(f"upfirdn2d output would be empty ({oh}x{ow}) for input {tuple(x.shape)}")
     name = backend.resolve_name("upfirdn2d", x)
     if _library.traced(name):
-        return _library.upfirdn2d(x, f, up, down, list(parse_padding(padding)), flip_filter, float(gain),
-                                  backend.current().dtype)
+        op = _library.for_trace(_library.upfirdn2d)
+        return op(x, f, up, down, list(parse_padding(padding)), flip_filter, float(gain), backend.current().dtype)
     return backend.implementation("upfirdn2d", name)(x, f, up=up, down=down, padding=padding,
                                            flip_filter=flip_filter, gain=gain)
 
