@@ -77,21 +77,27 @@ class _Epilogue(torch.autograd.Function):
                 grad_out if ctx.needs_input_grad[4] else None, None, None, None, None)
 
 
+def _cast(t, dtype):
+    """t in dtype, without a dispatch when it already is (Tensor.to costs ~2.5 us even then, and a layer makes a
+    dozen such calls: at the real-time path's one image per call that is a visible share of a frame)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def _epilogue_args(shape, dtype, d=None, noise=None, bias=None, act="linear", alpha=None, gain=None, clamp=None):
     """(d, noise, bias, act, alpha, gain, clamp) as the native kernels take them for an output of `shape`."""
     alpha, gain = _defaults(act, alpha, gain)
-    prep = lambda t: None if t is None else t.detach().to(dtype).contiguous()
+    prep = lambda t: None if t is None else _cast(t.detach(), dtype).contiguous()
     if noise is not None:
         noise = noise.reshape(-1, 1, *shape[2:])  # [1 | N, 1, H, W]
     if d is not None:
-        d = d.to(dtype).contiguous()  # not detached: the autograd epilogue differentiates it
+        d = _cast(d, dtype).contiguous()  # not detached: the autograd epilogue differentiates it
     return d, prep(noise), prep(bias), _ACT[act], alpha, gain, -1.0 if clamp is None or clamp < 0 else float(clamp)
 
 
 def _epilogue(y, d=None, noise=None, bias=None, residual=None, act="linear", alpha=None, gain=None, clamp=None):
     d, noise, bias, *params = _epilogue_args(y.shape, y.dtype, d, noise, bias, act, alpha, gain, clamp)
     if residual is not None:
-        residual = residual.to(y.dtype).contiguous()
+        residual = _cast(residual, y.dtype).contiguous()
     return _function.call(_Epilogue, y.contiguous(), d, noise, bias, residual, *params)
 
 
@@ -131,6 +137,12 @@ def _constant(fn):
         with torch._C._DisableFuncTorch():
             return fn(*args)
     return build
+
+
+@_constant
+def _eps(eps, dtype):
+    """demodulation's epsilon as a tensor, so it is added inside the product (addmm) instead of by one more op."""
+    return torch.tensor(eps, dtype=dtype)
 
 
 @_constant
@@ -328,12 +340,12 @@ def modulated_conv2d_cpu(x, weight, styles, demodulate=True, up=1, resample_filt
     bf16_products = store == torch.bfloat16 and native_bf16_products()
     compute = torch.bfloat16 if bf16_products else (torch.float32 if x.dtype == torch.bfloat16 else x.dtype)
     w = weight if weight.dtype == compute else _in_dtype.get(weight, compute)
-    xc, sc = x.to(compute), styles.to(compute)
+    xc, sc = _cast(x, compute), _cast(styles, compute)
     y_dtype = torch.float32 if compute == torch.bfloat16 else compute
     d = None
     if demodulate:
-        sq = (wsq.detach() if wsq is not None else _sum_squares.get(weight)).to(y_dtype)
-        d = torch.rsqrt(styles.to(y_dtype).square() @ sq.t() + eps)
+        sq = _cast(wsq.detach() if wsq is not None else _sum_squares.get(weight), y_dtype)
+        d = torch.rsqrt(torch.addmm(_eps(eps, y_dtype), _cast(styles, y_dtype).square(), sq.t()))
     # Without gradients (generation, apply) the epilogue runs inside the kernel that writes the layer's output
     # ([N, Cout, H * up, W * up]), on each row while it is in cache: one pass less over the largest tensors.
     fused = None
@@ -357,11 +369,11 @@ def modulated_conv2d_cpu(x, weight, styles, demodulate=True, up=1, resample_filt
         else:
             y = _function.call(SeparableFir, t, blur, p0, p1)
     if out is None:
-        y = y.to(y_dtype)
+        y = _cast(y, y_dtype)
         residual = None
         if skip is not None:
             pad0 = skip_padding(len(taps))[0]
-            residual = F.conv_transpose2d(skip.to(y.dtype), _skip_upsample_filter(taps, skip.shape[1], y.dtype),
+            residual = F.conv_transpose2d(_cast(skip, y.dtype), _skip_upsample_filter(taps, skip.shape[1], y.dtype),
                                           stride=2, padding=len(taps) - 1 - pad0, groups=skip.shape[1])
             residual = residual[:, :, : y.shape[2], : y.shape[3]]
         out = _epilogue(y, d, noise, bias, residual, act, alpha, gain, clamp)
@@ -397,7 +409,7 @@ def upfirdn2d_cpu(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1.0):
     else:
         f = f * gain
     fh, fw = f.shape
-    xx = x.to(dtype)
+    xx = _cast(x, dtype)
     if up > 1:
         # conv_transpose(x, g)[q] = sum_j x[j] g[q - up*j] and out[p] = that at q = p + F - 1 - pad0 with g = the
         # unflipped filter: crop/pad the full output accordingly, then stride by `down`.

@@ -13,6 +13,11 @@ its output, so nothing else survives to the backward). Gradients flow to what th
 x, styles and skip of modulated_conv2d, x of bias_act and upfirdn2d, the feature maps of seg_head; weights,
 biases, filters and classifier members are frozen.
 
+Inference twins (`<op>_nograd`): the same kernel and fake kernel registered without an autograd kernel. A graph
+traced under no_grad (generation, `Editor.apply`, an export for inference) records them (`for_trace`): every call
+of a torch.library custom op passes through its Python autograd kernel even without gradients (~20 us per call,
+~0.4 ms per synthesis), an op without one through the dispatcher's C++ fallthrough.
+
 vmap (`register_vmap`): the vmapped dimension is folded into the op's batch (ops/_vmap.py), so a compiled
 `torch.func.vmap` over synthesis calls each op once for the whole vmapped batch. `torch.func.grad` cannot go
 through these ops: torch 2.13's `register_autograd` builds an autograd Function without `setup_context`, which
