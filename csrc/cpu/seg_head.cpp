@@ -10,11 +10,16 @@
 // Per tile of output pixels (a run of the row-major pixel list: the whole crop, or a region's pixels):
 //   h = b1 + sum_g resample(source_g) [@ W1_g^T]; ReLU; per member Linear(+folded BN), ReLU, Linear(+folded BN);
 //   mean over members -> out[n, :, tile]. Nothing at full resolution larger than the output is ever built.
+//   Bilinear resampling of the projected groups is separable (separable_run): per run of the tile's pixels on
+//   one output row, each group's two source rows are first interpolated into one row buffer (cache-resident),
+//   then every pixel sums 2 taps of it per group, all groups in one pass, instead of 4 taps per group read
+//   from the projections (4 groups on the bundled model: ~8 taps and a small row pass instead of 16 taps).
 //   With bf16_products (the bf16 mode on CPUs with native bf16) the second layer's per-tile products (the
 //   largest per-pixel GEMMs) run in bf16 with fp32 accumulation; the hidden activations stay fp32.
 //   In fp32, layers whose width is a multiple of packed_block() (the first layer's direct products, and the
-//   second layer member by member) run in linear_relu, a register-blocked product with pre-packed weights and
-//   the bias/ReLU fused, instead of a BLAS call per tile.
+//   second layer member by member) run in linear_relu, a register-blocked product with pre-packed weights
+//   (packed once per ensemble by Python: w1d_pack, w2_pack) and the bias/ReLU fused, instead of a BLAS call
+//   per tile.
 // seg_head_infer (inference: no autograd) also takes projected groups lazily -- their channels-first windows
 // and W1 columns -- and projects each image right before its tiles. Threads take whole images while at least
 // as many images remain as threads (no barrier per image; each image's projections stay in its thread's
@@ -315,8 +320,9 @@ struct Head {
 void check_packed(const std::optional<at::Tensor>& pack, bool used, at::IntArrayRef shape, const char* name,
                   const char* layer) {
   const bool given = pack.has_value() && pack->defined();
-  TORCH_CHECK(given == used, "seg_head: ", name, given ? " given but " : " missing: ", layer,
-              given ? " does not run packed" : " runs packed (float32, width a multiple of seg_head_packed_block())");
+  TORCH_CHECK(given == used, "seg_head: ", name, given ? " given, but packed weights are not used for "
+                                                       : " missing: packed weights are needed for ",
+              layer, given ? "" : " (float32, width a multiple of seg_head_packed_block())");
   if (used)
     TORCH_CHECK(pack->scalar_type() == at::kFloat && pack->is_contiguous() && pack->sizes() == shape, "seg_head: ",
                 name, " must be a contiguous float32 tensor of shape ", shape, " (block ", packed_block(),

@@ -12,7 +12,9 @@ Plan (see the C++ file for the per-tile work):
    full-resolution work, or a small region.
 4. Output rows are processed in bands whose projections fit BAND_BYTES (car configuration, fp32, no autograd:
    ~300 MiB peak extra measured, ~830 MiB in one piece, ~14 GB for the reference's stack).
-Weights are frozen: only gradients w.r.t. the feature maps are computed.
+Weights are frozen: only gradients w.r.t. the feature maps are computed. The layers the kernel runs in its packed
+linear+ReLU kernel get their packed weights from here, built once per ensemble and kernel block size
+(_packed_weights), not on every call.
 
 Inference (no autograd graph, fp32/fp64 storage, one image's projections under LAZY_BYTES -- the real-time path:
 `apply`, the service, batch jobs) takes a shorter route, `seg_head_infer`: the kernel projects each image itself
