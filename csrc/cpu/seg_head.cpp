@@ -549,14 +549,14 @@ struct Scratch {
   at::Tensor h, direct;
   std::vector<at::Tensor> projected, rows;
   std::vector<char> separable;   // per group: takes its taps from rows[g] in the current run
-  std::vector<const void*> src;  // one pixel's taps, 2 per separable group
+  std::vector<const void*> src;  // one pixel's taps: 2 per separable group, or pixel_taps' 4
   std::vector<float> w;
   Scratch(const Head& hd, bool with_projections)
       : h(at::empty({hd.tile, hd.EH1}, hd.b1.options())),
         direct(at::empty({hd.tile * max_direct_channels(hd)}, hd.b1.options())),
         rows(hd.sources.size()),
         separable(hd.sources.size(), 0),
-        src(std::max<size_t>(4, 2 * hd.sources.size())),  // or pixel_taps' 4
+        src(std::max<size_t>(4, 2 * hd.sources.size())),
         w(std::max<size_t>(4, 2 * hd.sources.size())) {
     if (with_projections) projected = projection_buffers(hd);
     if (hd.separable)
