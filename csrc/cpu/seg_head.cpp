@@ -14,6 +14,9 @@
 //   one output row, each group's two source rows are first interpolated into one row buffer (cache-resident),
 //   then every pixel sums 2 taps of it per group, all groups in one pass, instead of 4 taps per group read
 //   from the projections (4 groups on the bundled model: ~8 taps and a small row pass instead of 16 taps).
+//   Measured 2026-12-02 (2 threads, shared 2-core AVX2 host, load ~1.5; separable vs 4-tap interleaved in one
+//   process): the gather's cycles -23% (perf, against linear_relu's); bundled model N=16 -2% (12.6 -> 12.4
+//   ms/image), N=1 within noise (12.8-15.5 ms); car configuration fwd fp32 -7.5% (10.9 -> 10.1 s, load 3.4).
 //   With bf16_products (the bf16 mode on CPUs with native bf16) the second layer's per-tile products (the
 //   largest per-pixel GEMMs) run in bf16 with fp32 accumulation; the hidden activations stay fp32.
 //   In fp32, layers whose width is a multiple of packed_block() (the first layer's direct products, and the
