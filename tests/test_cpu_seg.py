@@ -361,3 +361,147 @@ def test_packed_kernel_on_every_isa_build(isa):
         got = feature_grads("cpu", feats, mlps, (20, 20), weight, mode="bilinear")
     for g, w in zip(got, want_grads):
         assert rel_err(g, w) < FP32_BOUND
+
+
+# ----------------------------------------------------------------------------- the separable bilinear gather
+# Bilinear projected groups are gathered run by run of a tile's pixels on one output row (the kernel's
+# separable_run): a group whose source-column span is small against the run's pixel count gets a row buffer
+# interpolated between its two source rows, and each pixel 2 taps of it; the other groups keep 4 taps from the
+# projections. SEPARABLE=False forces the 4-tap path everywhere. Tiles of 7 and 13 pixels on 18-pixel rows
+# change rows inside a tile and split rows between tiles; runs of 2 pixels rarely pay for a row buffer (mostly
+# the 4-tap path); in runs of 5 and more both paths mix (the 4 and 7 px maps mostly separable, the 16 px one,
+# resampled down, never); region rows are partial (a blob plus scattered pixels).
+def dense_and_scattered_region(shape, seed):
+    region = regions(shape, torch.Generator().manual_seed(seed))
+    return region["blob"] | region["scattered"]
+
+
+@pytest.mark.parametrize("separable", [True, False])
+@pytest.mark.parametrize("tile,use_region", [(0, False), (7, False), (13, False), (2, False), (5, True),
+                                             (0, True)])
+def test_separable_gather_forward_and_gradients(monkeypatch, two_threads, separable, tile, use_region):
+    monkeypatch.setattr(_cpu_seg, "SEPARABLE", separable)
+    monkeypatch.setattr(_cpu_seg, "TILE_PIXELS", tile)
+    feats, mlps = random_case(SIZES, CHANNELS, batch=3, members=3, widths=PACKED_WIDTHS, seed=37)
+    region = dense_and_scattered_region((13, 18), 10) if use_region else None
+    kw = dict(crop=(4, 17, 1, 19), mode="bilinear", region=region)
+    # The inference route (no graph), then the autograd route's forward and backward.
+    assert rel_err(run("cpu", feats, mlps, (20, 20), **kw), reference64(feats, mlps, (20, 20), **kw)) < FP32_BOUND
+    shape = (3, 5, int(region.sum())) if use_region else (3, 5, 13, 18)
+    weight = torch.randn(shape, generator=torch.Generator().manual_seed(12))
+    want = feature_grads("reference", feats, mlps, (20, 20), weight, torch.float64, **kw)
+    got = feature_grads("cpu", feats, mlps, (20, 20), weight, **kw)
+    for g, w in zip(got, want):
+        assert rel_err(g, w) < FP32_BOUND
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_separable_gather_changes_only_bilinear_rounding(monkeypatch, mode, dtype):
+    """Both paths match the reference, fp32 and bf16 storage (the row buffer is fp32 there); bilinear results
+    differ between them in the last bits (the separable path really runs), nearest ones (1 tap, one path) not
+    at all."""
+    feats, mlps = random_case((4, 8, 16, 32), (24, 20, 12, 6), batch=2, members=3, widths=(32, 16))
+    kw = dict(crop=(4, 28, 0, 32), mode=mode)
+    want = reference64(feats, mlps, 32, **kw)
+    got = {}
+    for separable in (True, False):
+        monkeypatch.setattr(_cpu_seg, "SEPARABLE", separable)
+        got[separable] = run("cpu", feats, mlps, 32, dtype=dtype, **kw)
+        assert rel_err(got[separable], want) < (FP32_BOUND if dtype is None else BF16_BOUND)
+    assert torch.equal(got[True], got[False]) == (mode == "nearest")
+
+
+@pytest.mark.parametrize("tile", [0, 6])
+def test_separable_gather_float64_gradcheck(monkeypatch, tile):
+    """float64 on full rows (every projected group separable) and on 6-pixel tiles splitting rows (mixed)."""
+    monkeypatch.setattr(_cpu_seg, "TILE_PIXELS", tile)
+    feats, mlps = random_case((2, 3, 5, 9), (2, 3, 2, 2), batch=2, members=2, widths=(4, 3), classes=3, seed=5)
+    leaves = [f.double().requires_grad_() for f in feats]
+    members = [m.to(torch.float64) for m in mlps]
+
+    def head(*fs):
+        with editgan_fast.use_backend("cpu"):
+            return seg_head(list(fs), members, (9, 10), crop=(1, 8, 0, 10), mode="bilinear")
+
+    assert torch.autograd.gradcheck(head, leaves, eps=1e-6, atol=1e-8)
+    want = reference64(feats, mlps, (9, 10), crop=(1, 8, 0, 10), mode="bilinear")
+    assert rel_err(head(*leaves).detach(), want) < FP64_BOUND["bilinear"]
+
+
+# ------------------------------------------------------------------------- packed weights, built in Python
+# The fp32 layers the kernel runs packed (widths a multiple of seg_head_packed_block()) get their weights packed
+# once per ensemble and block size (_packed_weights, cached on the stacked members) and passed to the kernels,
+# which check them.
+class _Ops:
+    """torch.ops.editgan_fast with the kernel calls recorded and, optionally, another packed block size."""
+
+    def __init__(self, block=None):
+        self.block, self.calls = block, []
+
+    def seg_head_packed_block(self):
+        return self.block or torch.ops.editgan_fast.seg_head_packed_block()
+
+    def __getattr__(self, name):
+        op = getattr(torch.ops.editgan_fast, name)
+
+        def call(*args):
+            self.calls.append((name, args))
+            return op(*args)
+        return call
+
+
+def packs(stack):
+    return {k: v for k, v in stack.weights.items() if k[0] in ("w1d_pack", "w2_pack")}
+
+
+def test_packed_weights_built_once_per_ensemble_and_block(monkeypatch):
+    feats, mlps = random_case(SIZES, CHANNELS, batch=2, members=3, widths=PACKED_WIDTHS, seed=31)
+    kw = dict(crop=(3, 17, 2, 19), mode="bilinear")
+    want = reference64(feats, mlps, (20, 20), **kw)
+    nb = torch.ops.editgan_fast.seg_head_packed_block()
+    assert nb in (16, 32)
+    ops = _Ops()
+    monkeypatch.setattr(_cpu_seg, "_ops", lambda: ops)
+    assert rel_err(run("cpu", feats, mlps, (20, 20), **kw), want) < FP32_BOUND
+    stack = _cpu_seg._stacked(mlps, torch.float32)
+    first = packs(stack)
+    assert sorted((k[0], k[1]) for k in first) == [("w1d_pack", nb), ("w2_pack", nb)]
+    # Both routes, forward and backward, pass the same cached tensors.
+    leaves = [f.clone().requires_grad_() for f in feats]
+    run("cpu", leaves, mlps, (20, 20), **kw).sum().backward()
+    assert packs(stack) == first
+    kernels = [(name, args) for name, args in ops.calls if name.startswith("seg_head_") and name[9:] in
+               ("forward", "infer", "backward")]
+    assert sorted({name for name, _ in kernels}) == ["seg_head_backward", "seg_head_forward", "seg_head_infer"]
+    for _, args in kernels:
+        assert {id(a) for a in args[-2:]} == {id(v) for v in first.values()}
+    # Another block (another ISA selected): packed and cached under it, and refused by this ISA's kernel.
+    monkeypatch.setattr(_cpu_seg, "_ops", lambda: _Ops(block=2 * nb))
+    with pytest.raises(RuntimeError, match=r"seg_head: w1d_pack (must be a contiguous float32 tensor of shape|"
+                                           r"missing)"):
+        run("cpu", feats, mlps, (20, 20), **kw)
+    assert {k[1] for k in packs(stack)} >= {nb}
+
+
+def test_kernels_check_the_packed_weights(monkeypatch):
+    feats, mlps = random_case(SIZES, CHANNELS, batch=1, members=3, widths=PACKED_WIDTHS, seed=33)
+    ops = _Ops()
+    monkeypatch.setattr(_cpu_seg, "_ops", lambda: ops)
+    run("cpu", feats, mlps, (20, 20))
+    args = next(list(a) for name, a in ops.calls if name == "seg_head_infer")
+    op = torch.ops.editgan_fast.seg_head_infer
+    torch.testing.assert_close(op(*args), run("cpu", feats, mlps, (20, 20)).flatten(2))
+    w1d, w2 = args[-2:]
+    for bad, match in [((w1d, None), "w2_pack missing: packed weights are needed for the second layer"),
+                       ((None, w2), "w1d_pack missing: packed weights are needed for the first layer's direct"),
+                       ((w1d, w2[:, :, :-1]), "w2_pack must be a contiguous float32 tensor of shape"),
+                       ((w1d.double(), w2), "w1d_pack must be a contiguous float32 tensor of shape"),
+                       ((w1d, w2.transpose(-1, -2)), "w2_pack must be a contiguous")]:
+        with pytest.raises(RuntimeError, match=match):
+            op(*args[:-2], *bad)
+    packed = len(args) - 4  # (..., packed, separable, w1d_pack, w2_pack); False: no pack is expected
+    unpacked = args[:packed] + [False] + args[packed + 1:]
+    with pytest.raises(RuntimeError, match="w1d_pack given, but packed weights are not used for the first layer"):
+        op(*unpacked)
+    torch.testing.assert_close(op(*unpacked[:-2], None, None), op(*args))

@@ -124,11 +124,12 @@ def test_upfirdn2d(up, down, padding, no_vmap_fallback):
     _check_grads(_library.upfirdn2d(*args), ref, [x], atol=1e-12)
 
 
-def _member(dim, classes, seed):
-    r = lambda *s, k: _rand(*s, seed=seed * 20 + k)
-    return PixelMLP(weights=(r(8, dim, k=0), r(6, 8, k=1), r(classes, 6, k=2)), biases=(r(8, k=3), r(6, k=4),
-                    r(classes, k=5)), bn_mean=(r(8, k=6), r(6, k=7)), bn_var=(r(8, k=8).abs() + 0.5,
-                    r(6, k=9).abs() + 0.5), bn_weight=(r(8, k=10), r(6, k=11)), bn_bias=(r(8, k=12), r(6, k=13)))
+def _member(dim, classes, seed, widths=(8, 6), dtype=torch.float64):
+    r = lambda *s, k: _rand(*s, seed=seed * 20 + k, dtype=dtype)
+    h1, h2 = widths
+    return PixelMLP(weights=(r(h1, dim, k=0), r(h2, h1, k=1), r(classes, h2, k=2)), biases=(r(h1, k=3), r(h2, k=4),
+                    r(classes, k=5)), bn_mean=(r(h1, k=6), r(h2, k=7)), bn_var=(r(h1, k=8).abs() + 0.5,
+                    r(h2, k=9).abs() + 0.5), bn_weight=(r(h1, k=10), r(h2, k=11)), bn_bias=(r(h1, k=12), r(h2, k=13)))
 
 
 @pytest.mark.parametrize("region", [False, True])
@@ -191,7 +192,8 @@ class _Spy:
 def native_calls():
     """Each native kernel's arguments as the cpu backend passes them: modulated_conv2d through the Winograd
     kernels (up 1 and 2) with gradients and fused without, the ToRGB epilogue with its skip, seg_head with a
-    projected and a direct group, forward and backward; and fir_separable reading bf16."""
+    projected and a direct group, forward and backward, float64 and fp32 with packed weights; and
+    fir_separable reading bf16."""
     from editgan_fast.ops import _cpu_layers, _cpu_seg, modulated_conv2d, seg_head
     calls = {}
     spy = _Spy(calls)
@@ -221,6 +223,12 @@ def native_calls():
             seg_head(features, members, 8).sum().backward()
             with torch.no_grad():
                 seg_head(features, members, 8)  # the inference route
+            # fp32 with widths a multiple of the packed kernel's block (16 or 32): the packed weights passed in.
+            features = [f.detach().float().requires_grad_() for f in features]
+            members = [_member(5, 4, seed, widths=(32, 32), dtype=torch.float32) for seed in (2, 3)]
+            seg_head(features, members, 8).sum().backward()
+            with torch.no_grad():
+                seg_head(features, members, 8)
         spy.fir_separable(_rand(1, 2, 6, 5, seed=8, dtype=torch.bfloat16), f, 2, 1)
     return calls
 
@@ -234,6 +242,8 @@ def test_native_op_fake_kernel_and_vmap_rule(native_calls, name, no_vmap_fallbac
     op = getattr(torch.ops.editgan_fast, name).default
     for args in calls:
         _opcheck(op, tuple(args))
+    if name.startswith("seg_head_"):  # the fp32 calls pass both packed weights (w1d_pack, w2_pack)
+        assert any(all(isinstance(a, torch.Tensor) for a in args[-2:]) for args in calls)
     if name in NO_VMAP_RULE:
         return
     args = calls[0]

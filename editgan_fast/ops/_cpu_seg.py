@@ -12,7 +12,9 @@ Plan (see the C++ file for the per-tile work):
    full-resolution work, or a small region.
 4. Output rows are processed in bands whose projections fit BAND_BYTES (car configuration, fp32, no autograd:
    ~300 MiB peak extra measured, ~830 MiB in one piece, ~14 GB for the reference's stack).
-Weights are frozen: only gradients w.r.t. the feature maps are computed.
+Weights are frozen: only gradients w.r.t. the feature maps are computed. The layers the kernel runs in its packed
+linear+ReLU kernel get their packed weights from here, built once per ensemble and kernel block size
+(_packed_weights), not on every call.
 
 Inference (no autograd graph, fp32/fp64 storage, one image's projections under LAZY_BYTES -- the real-time path:
 `apply`, the service, batch jobs) takes a shorter route, `seg_head_infer`: the kernel projects each image itself
@@ -48,6 +50,9 @@ TILE_PIXELS = 0  # pixels per tile; 0 lets the kernel size tiles for L2 (tests s
 # fp32 layers whose width is a multiple of the kernel's block run in its packed linear+ReLU kernel; False sends
 # them to BLAS (the path of other widths), so tests cover both on one shape and benchmarks compare them.
 PACKED = True
+# Bilinear projected groups gather separably, per output row (the kernel's separable_run); False: 4 taps per
+# pixel from the projections. For A/B benchmarks and tests of both paths.
+SEPARABLE = True
 
 
 def _ops():
@@ -71,7 +76,7 @@ class _StackedMembers:
         self.w3 = cast(torch.stack([f[2][0] for f in folded]))        # [E, C, H2]
         self.b3 = cast(torch.stack([f[2][1] for f in folded]))        # [E, C]
         self.num_classes = self.w3.shape[1]
-        self.group_weights = {}  # (kind, the group's column slices) -> W1 columns, see _group_weight
+        self.weights = {}  # derived weights (a group's W1 columns, packed layers) by layout, see _cached
 
     def mlp_tail(self):
         return self.b1, self.w2, self.b2, self.w3, self.b3
@@ -140,12 +145,16 @@ def _direct_source(features, g, dtype):
     return out
 
 
+def _cached(stack, key, build):
+    """A weight derived from the stacked members, built once per ensemble (whatever the batch or crop)."""
+    if key not in stack.weights:
+        stack.weights[key] = build()
+    return stack.weights[key]
+
+
 def _cached_weight(stack, kind, g, build):
-    """A group's W1 columns in some layout, built once per ensemble (whatever the batch or crop)."""
-    key = (kind, tuple((s.start, s.stop) for s in g.col_slices))
-    if key not in stack.group_weights:
-        stack.group_weights[key] = build()
-    return stack.group_weights[key]
+    """A group's W1 columns in some layout."""
+    return _cached(stack, (kind, tuple((s.start, s.stop) for s in g.col_slices)), build)
 
 
 def _group_weight(stack, g):
@@ -157,6 +166,31 @@ def _group_weight(stack, g):
 def _projection_weight(stack, g):
     """[C_g, E*H1]: the group's W1 columns transposed, contiguous, as the inference kernel projects with them."""
     return _cached_weight(stack, "projection", g, lambda: _group_weight(stack, g).t().contiguous())
+
+
+def _pack(w, nb):
+    """W [..., N, K] -> [..., N / nb, K, nb]: the packed kernel's layout (blocks of nb outputs, K-major)."""
+    *lead, n, k = w.shape
+    return w.reshape(*lead, n // nb, nb, k).transpose(-1, -2).contiguous()
+
+
+def _packed_weights(stack, groups, bf16_products):
+    """(w1d_pack, w2_pack) for the kernel: the layers that run in its packed linear+ReLU kernel (fp32, width a
+    multiple of its block), packed once per ensemble instead of on every call. The block depends on the ISA
+    selected at run time (set_cpu_isa), so it is part of the cache key."""
+    if not PACKED or stack.b1.dtype != torch.float32:
+        return None, None
+    nb = _ops().seg_head_packed_block()
+    e, h2, h1 = stack.w2.shape
+    direct = [g for g in groups if g.direct]
+    w1d = None
+    if direct and e * h1 % nb == 0:  # the direct groups' W1 columns side by side, in group order
+        key = ("w1d_pack", nb, tuple((s.start, s.stop) for g in direct for s in g.col_slices))
+        w1d = _cached(stack, key, lambda: _pack(torch.cat([_group_weight(stack, g) for g in direct], 1), nb))
+    w2 = None
+    if h2 % nb == 0 and not bf16_products:  # bf16 products run the second layer in oneDNN instead
+        w2 = _cached(stack, ("w2_pack", nb), lambda: _pack(stack.w2, nb))
+    return w1d, w2
 
 
 def _project(features, g, stack, dtype, storage):
@@ -286,7 +320,8 @@ def _group_geometry(groups):
 
 def _kernel_args(groups, sources, direct, ys, xs, out_size, mode, stack, bf16_products):
     return (sources, direct, *_group_geometry(groups), ys, xs, out_size[0], out_size[1], _MODE[mode],
-            *stack.mlp_tail(), TILE_PIXELS, bf16_products, PACKED)
+            *stack.mlp_tail(), TILE_PIXELS, bf16_products, PACKED, SEPARABLE,
+            *_packed_weights(stack, groups, bf16_products))
 
 
 def _bands(features, out_size, mode, ys, xs, eh1, storage):
@@ -380,7 +415,8 @@ def _infer(features, stack, groups, ys, xs, out_size, mode, dtype):
             maps.append(_window(features[i], g).to(dtype))
             map_groups.append(k)
     return _ops().seg_head_infer(sources, direct, maps, map_groups, weights, *_group_geometry(groups), ys, xs,
-                                 out_size[0], out_size[1], _MODE[mode], *stack.mlp_tail(), TILE_PIXELS, PACKED)
+                                 out_size[0], out_size[1], _MODE[mode], *stack.mlp_tail(), TILE_PIXELS, PACKED,
+                                 SEPARABLE, *_packed_weights(stack, groups, False))
 
 
 def seg_head_cpu(features, members, out_size, crop=None, mode="bilinear", region=None):

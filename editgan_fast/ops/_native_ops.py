@@ -8,7 +8,8 @@ The C++ files define and implement the ops for CPU only; here each gets
 They have no autograd formula of their own: the cpu backend differentiates them in its autograd Functions
 (ops/_cpu_layers.py, ops/_cpu_seg.py).
 
-Ops without tensor arguments (seg_head_source_range, set_cpu_isa, cpu_isa_info) need neither.
+Ops without tensor arguments (seg_head_source_range, seg_head_packed_block, set_cpu_isa, cpu_isa_info) need
+neither.
 """
 from __future__ import annotations
 
@@ -60,12 +61,14 @@ def _winograd_conv(x, u, scale, bt, window, at, out_tile, up, out_h, out_w, d=No
 
 
 def _seg_head_forward(sources, direct, sizes, offsets, pix_y, pix_x, out_h, out_w, mode, b1, w2, b2, w3, b3,
-                      tile_pixels=0, bf16_products=False, packed=True):
+                      tile_pixels=0, bf16_products=False, packed=True, separable=True, w1d_pack=None,
+                      w2_pack=None):
     return b1.new_empty((sources[0].shape[0], w3.shape[1], pix_y.shape[0]))  # [N, C, P], w3 [E, C, H2]
 
 
 def _seg_head_infer(sources, direct, maps, map_groups, group_weights, sizes, offsets, pix_y, pix_x, out_h, out_w,
-                    mode, b1, w2, b2, w3, b3, tile_pixels=0, packed=True):
+                    mode, b1, w2, b2, w3, b3, tile_pixels=0, packed=True, separable=True, w1d_pack=None,
+                    w2_pack=None):
     # The batch: a direct group's source [N, rows, cols, K] or a projected group's map [N, C, h, w] (the other
     # list holds empty placeholders).
     n = next(t.shape[0] for t in (*sources, *maps) if t.dim() == 4)
@@ -73,7 +76,8 @@ def _seg_head_infer(sources, direct, maps, map_groups, group_weights, sizes, off
 
 
 def _seg_head_backward(grad_out, sources, direct, sizes, offsets, pix_y, pix_x, out_h, out_w, mode, b1, w2, b2, w3,
-                       b3, tile_pixels=0, bf16_products=False, packed=True):
+                       b3, tile_pixels=0, bf16_products=False, packed=True, separable=True, w1d_pack=None,
+                       w2_pack=None):
     return [b1.new_empty(s.shape) for s in sources]  # gradients in the compute dtype, bf16 sources included
 
 
