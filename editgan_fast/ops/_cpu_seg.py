@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import backend
-from . import _vmap
+from . import _function, _vmap
 from ._cpu_isa import native_bf16_products
 from .seg_head import crop_box
 
@@ -386,13 +386,6 @@ def _plan(stack, features, out_size, mode, box, region, eh1, storage):
     return hit[1]
 
 
-def _needs_graph(features):
-    """Whether the call must record autograd or runs under a torch.func transform (its wrapped tensors hide
-    requires_grad): then it takes the Function's route."""
-    return any(torch._C._functorch.is_functorch_wrapped_tensor(f) for f in features) or (
-        torch.is_grad_enabled() and any(f.requires_grad for f in features))
-
-
 def _lazy_fits(groups, eh1, dtype):
     per_image = sum((g.window[1] - g.window[0]) * (g.window[3] - g.window[2]) for g in groups if not g.direct)
     return per_image * eh1 * dtype.itemsize <= LAZY_BYTES
@@ -434,7 +427,7 @@ def seg_head_cpu(features, members, out_size, crop=None, mode="bilinear", region
     stack = _stacked(members, dtype)
     eh1 = stack.w1.shape[0]
     ys, xs, bands, whole = _plan(stack, features, out_size, mode, box, region, eh1, storage)
-    if ys.numel() and storage == dtype and not _needs_graph(features) and _lazy_fits(whole, eh1, dtype):
+    if ys.numel() and storage == dtype and not _function.needs_graph(features) and _lazy_fits(whole, eh1, dtype):
         logits = _infer(features, stack, whole, ys, xs, out_size, mode, dtype)
     else:
         pieces = [_SegHeadFunction.apply((stack, groups, bys, bxs, out_size, mode, dtype, storage), *features)[0]
