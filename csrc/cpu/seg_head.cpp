@@ -464,11 +464,14 @@ Head make_head(const std::vector<at::Tensor>& sources, const std::vector<at::Ten
   h.b2 = b2.contiguous().unsqueeze(1);  // [E, 1, H2]; linear_relu reads member e's row at e * H2
   h.w3s = w3.permute({1, 0, 2}).reshape({h.C, h.E * h.H2}) / (double)h.E;
   h.b3mean = b3.mean(0);
-  // By default, tiles with a [tile, E*H1] hidden block of ~2.5 MB (256 pixels at the car configuration): the
-  // per-tile products need that many rows to run near matmul rate (measured 2 threads, car head: 38-pixel
-  // tiles that kept the block in a 1 MiB L2 took 9.3-9.8 s, 256-1024-pixel tiles ~8.0 s).
+  // By default, tiles with a [tile, E*H1] hidden block of ~2.5 MB (250 pixels at the car configuration), at most
+  // 256 pixels: the per-tile products need that many rows to run near matmul rate (measured 2 threads, car head:
+  // 38-pixel tiles that kept the block in a 1 MiB L2 took 9.3-9.8 s, 256-1024-pixel tiles ~8.0 s; with the
+  // packed kernel 102/128/250 pixels 4.95/5.25/4.89 s), while a narrower head gains from the smaller block
+  // (bundled model, E*H1 = 1024: 256 instead of 512 pixels, 13.3-13.4 vs 14.0-14.2 ms/image at N=16; N=1 within
+  // noise, 16.5-16.9 vs 16.6-17.1).
   h.tile = tile_pixels > 0 ? tile_pixels
-                           : std::max<int64_t>(16, std::min<int64_t>(512, (640 * 1024) / std::max<int64_t>(h.EH1, 1)));
+                           : std::max<int64_t>(16, std::min<int64_t>(256, (640 * 1024) / std::max<int64_t>(h.EH1, 1)));
   return h;
 }
 
