@@ -29,12 +29,12 @@ kernel runs under exactly that selection, so a compiled graph does not depend on
 from __future__ import annotations
 
 import contextlib
-import weakref
 
 import torch
 
 from .. import backend
 from . import _vmap
+from ._derived import DerivedCache
 
 _AUTOGRAD_KEYS = tuple(getattr(torch._C.DispatchKey, k) for k in (
     "AutogradFunctionality", "AutogradOther", "AutogradNestedTensor") if hasattr(torch._C.DispatchKey, k))
@@ -309,53 +309,40 @@ def flatten_members(members) -> tuple[list[torch.Tensor], list[float]]:
     return [t for m in members for f in _MEMBER_FIELDS for t in getattr(m, f)], [m.bn_eps for m in members]
 
 
-class _MemberCache:
-    """The PixelMLPs of one ensemble, rebuilt from the op's flat tensors once and reused while the same tensors
-    (identity and version) come back: the cpu backend folds and stacks an ensemble once per PixelMLP object."""
-
-    def __init__(self):
-        self.key, self.refs, self.members = None, (), None
-
-    def get(self, tensors, eps):
-        key = (tuple(id(t) for t in tensors), tuple(t._version for t in tensors), tuple(eps))
-        if key != self.key or any(r() is not t for r, t in zip(self.refs, tensors)):
-            from .seg_head import PixelMLP
-            self.members = [PixelMLP(*(tuple(tensors[i + o:i + o + k]) for o, k in _FIELD_SLICES), bn_eps=e)
-                            for i, e in zip(range(0, len(tensors), _MEMBER_TENSORS), eps)]
-            self.key, self.refs = key, tuple(weakref.ref(t) for t in tensors)
-        return self.members
-
-
 _FIELD_SLICES = ((0, 3), (3, 3), (6, 2), (8, 2), (10, 2), (12, 2))  # (offset, count) of each field
-_members = _MemberCache()
+# The op's flat member tensors -> their PixelMLPs, reused while the same tensors (identity and version) come back:
+# the cpu backend folds and stacks an ensemble once per PixelMLP object.
+_member_views = DerivedCache()
+# Flat pixel indices -> their bool mask, the same object each call (an optimization's region is fixed), so the
+# backends' caches of what they derive from a mask hit instead of reading it back to the host every step.
+_region_masks = DerivedCache()
 
 
-_masks: dict = {}  # id(pixels) -> (weak reference to pixels, (box, device, version), mask)
+def _members(tensors, eps):
+    def build():
+        from .seg_head import PixelMLP
+        return [PixelMLP(*(tuple(tensors[i + o:i + o + k]) for o, k in _FIELD_SLICES), bn_eps=e)
+                for i, e in zip(range(0, len(tensors), _MEMBER_TENSORS), eps)]
+    return _member_views.get(tensors, tuple(eps), build)
 
 
 def region_mask(pixels, box, device):
-    """The bool [h, w] mask of flat row-major pixel indices inside the crop `box`. Outside tracing it is made
-    once per index tensor and returned as the same object each call (an optimization's region is fixed), so the
-    backends' caches of what they derive from a mask hit instead of reading it back to the host every step."""
-    tracing = torch.compiler.is_compiling()
-    key = (tuple(box), torch.device(device), None if tracing or pixels.is_inference() else pixels._version)
-    hit = None if tracing else _masks.get(id(pixels))
-    if hit is not None and hit[0]() is pixels and hit[1] == key:
-        return hit[2]
-    y0, y1, x0, x1 = box
-    mask = torch.zeros((y1 - y0) * (x1 - x0), dtype=torch.bool, device=device)
-    mask = mask.index_fill_(0, pixels, True).view(y1 - y0, x1 - x0)
-    if not tracing:
-        ident = id(pixels)
-        _masks[ident] = (weakref.ref(pixels, lambda _, k=ident: _masks.pop(k, None)), key, mask)
-    return mask
+    """The bool [h, w] mask of flat row-major pixel indices inside the crop `box`; made once per index tensor
+    outside tracing (_region_masks)."""
+    def build():
+        y0, y1, x0, x1 = box
+        mask = torch.zeros((y1 - y0) * (x1 - x0), dtype=torch.bool, device=device)
+        return mask.index_fill_(0, pixels, True).view(y1 - y0, x1 - x0)
+    if torch.compiler.is_compiling():
+        return build()
+    return _region_masks.get((pixels,), (tuple(box), torch.device(device)), build)
 
 
 def _seg_args(features, members, bn_eps, out_size, crop, mode, pixels):
     from .seg_head import crop_box
     box = crop_box(tuple(out_size), None if crop is None else tuple(crop))
     region = None if pixels is None else region_mask(pixels, box, features[0].device)
-    return dict(features=list(features), members=_members.get(list(members), bn_eps), out_size=tuple(out_size),
+    return dict(features=list(features), members=_members(list(members), bn_eps), out_size=tuple(out_size),
                 crop=None if crop is None else tuple(crop), mode=mode, region=region)
 
 
