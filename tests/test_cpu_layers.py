@@ -90,7 +90,7 @@ def test_modulated_conv2d_without_gradients_matches_reference(monkeypatch, case,
     from editgan_fast.ops import _cpu_layers
     if winograd:
         monkeypatch.setattr(_cpu_layers, "WINOGRAD_MIN_CHANNELS", {1: 1, 2: 1})
-        monkeypatch.setattr(_cpu_layers, "WINOGRAD_MIN_PIXELS", 1)
+        monkeypatch.setattr(_cpu_layers, "WINOGRAD_MIN_PIXELS", {1: 1, 2: 1})
     fused = []  # native calls that carry epilogue arguments
     monkeypatch.setattr(_cpu_layers, "_native", lambda: _NativeSpy(torch.ops.editgan_fast, fused))
     n, cin, cout, h, w, k, up, demod, use_noise, act, clamp, use_skip = case
@@ -242,7 +242,9 @@ def test_other_resample_filters_match_reference(taps):
         assert _rel(a, b) < 1e-12
 
 
-@pytest.mark.parametrize("n,cin,cout,h,w", [(1, 3, 5, 7, 9), (2, 17, 8, 8, 8), (1, 33, 17, 5, 12), (3, 4, 4, 1, 1)])
+# (5, 700, 8, 40, 20): 700 channels make chunks of ~38 tile rows, so chunks span images and split them mid-way.
+@pytest.mark.parametrize("n,cin,cout,h,w", [(1, 3, 5, 7, 9), (2, 17, 8, 8, 8), (1, 33, 17, 5, 12), (3, 4, 4, 1, 1),
+                                            (5, 700, 8, 40, 20)])
 @pytest.mark.parametrize("up", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_winograd_conv_matches_direct(n, cin, cout, h, w, up, dtype):
@@ -274,7 +276,7 @@ def test_winograd_layers_match_reference_with_gradients(monkeypatch, up):
     input and the styles against the reference, and gradcheck."""
     from editgan_fast.ops import _cpu_layers
     monkeypatch.setattr(_cpu_layers, "WINOGRAD_MIN_CHANNELS", {1: 1, 2: 1})
-    monkeypatch.setattr(_cpu_layers, "WINOGRAD_MIN_PIXELS", 1)
+    monkeypatch.setattr(_cpu_layers, "WINOGRAD_MIN_PIXELS", {1: 1, 2: 1})
     calls = []
     monkeypatch.setattr(_cpu_layers.Winograd3x3, "forward", _spy(_cpu_layers.Winograd3x3.forward, calls))
     torch.manual_seed(3 + up)

@@ -200,6 +200,7 @@ def native_calls():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(_cpu_layers, "_native", lambda: spy)
         mp.setattr(_cpu_seg, "_ops", lambda: spy)
+        mp.setattr(_cpu_layers, "WINOGRAD_MIN_PIXELS", {1: 1, 2: 1})  # these 16 px layers take the Winograd kernels
         f = setup_filter([1, 3, 3, 1])
         x = _rand(1, 64, 16, 16, seed=0, dtype=torch.float32, requires_grad=True)
         styles = _rand(1, 64, seed=1, dtype=torch.float32, requires_grad=True)

@@ -24,6 +24,14 @@ def no_vmap_fallback():
     torch._C._functorch._set_vmap_fallback_enabled(True)
 
 
+@pytest.fixture(autouse=True)
+def small_winograd_layers(monkeypatch):
+    """The *_winograd cases' 64-channel 16 px layers take the Winograd kernels (by default those start at 32 px
+    for up=1 and 64 px for up=2 below 512 channels, sizes too slow for these float64 tests)."""
+    from editgan_fast.ops import _cpu_layers
+    monkeypatch.setattr(_cpu_layers, "WINOGRAD_MIN_PIXELS", {1: 256, 2: 256})
+
+
 def _rand(*shape, seed, dtype=torch.float64):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 

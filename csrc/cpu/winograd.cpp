@@ -12,8 +12,8 @@
 // Tile (ty, tx) reads input rows ty * step - 1 .. ty * step - 1 + window - 1 (step = out_tile / up, zeros
 // outside the image) and writes output rows ty * out_tile .. + out_tile - 1 (cropped to out_h x out_w),
 // optionally through the layer's epilogue (epilogue.h) row by row.
-// Tiles go in chunks of whole tile rows (~128K tiles x channels: the products stay at matmul rate); each
-// channel's transform works on a contiguous per-thread copy of its chunk rows, so the memory traffic is long
+// Tiles go in chunks of whole tile rows (~128K tiles x channels: the products stay at matmul rate), a chunk
+// spanning images when they are small; each channel's transform works on a contiguous per-thread copy of its chunk rows, so the memory traffic is long
 // sequential streams. Rounding: the transposed set only adds and subtracts (within a few ulps of direct
 // convolution); F(4x4, 3x3)'s coefficients reach 8 (~3e-6 relative in float32).
 #include <ATen/ATen.h>
@@ -27,6 +27,7 @@
 #include "output_pool.h"
 
 #include <algorithm>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -178,47 +179,54 @@ at::Tensor winograd_conv(const at::Tensor& x, const at::Tensor& u, const c10::op
   const editgan::EpilogueArgs epilogue(y.sizes(), y.scalar_type(), d, noise, bias, act, lrelu_alpha, gain, clamp);
   const bool fused = !epilogue.identity();
   if (y.numel() == 0) return y;
-  const int64_t th = (out_h + out_tile - 1) / out_tile;
-  // ~128K tiles x channels per chunk: large enough for the products to run at matmul rate.
+  const int64_t th = (out_h + out_tile - 1) / out_tile, rows = n * th;  // tile rows of all images, image-major
+  // ~128K tiles x channels per chunk: large enough for the products to run at matmul rate. A chunk spans
+  // images when they are small (a batch of 16 px maps: 16 tiles each, one chunk for all of them, not 16
+  // products of 16 columns each).
   const int64_t per_row = tw * std::max(c, k);
   const int64_t rows_per_chunk = std::max<int64_t>(1, (131072 + per_row - 1) / per_row);
-  const int64_t max_tiles = std::min(th, rows_per_chunk) * tw;
+  const int64_t max_tiles = std::min(rows, rows_per_chunk) * tw;
   const int64_t v_size = (xi * c * max_tiles + 15) / 16 * 16, m_size = xi * k * max_tiles;  // M 64-byte aligned
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "winograd_conv", [&] {
     scalar_t* vp = editgan::scratch<scalar_t, editgan::kWinogradProducts>(v_size + m_size);
     scalar_t* mp = vp + v_size;
-    for (int64_t img = 0; img < n; ++img) {
-      for (int64_t ty0 = 0; ty0 < th; ty0 += rows_per_chunk) {
-        const Chunk ch{ty0, std::min(th, ty0 + rows_per_chunk)};
-        const int64_t tiles = (ch.ty1 - ch.ty0) * tw;
-        const int64_t grain = editgan::grain_for(tiles * xi);
-        at::parallel_for(0, c, grain, [&](int64_t begin, int64_t end) {
-          scalar_t* buf = editgan::scratch<scalar_t, editgan::kWinogradRows>((window + alpha) * step * sp.phase_len);
-          scalar_t* local = editgan::scratch<scalar_t, editgan::kWinogradTiles>(xi * tiles);
-          for (int64_t ci = begin; ci < end; ++ci) {
+    for (int64_t r0 = 0; r0 < rows; r0 += rows_per_chunk) {
+      const int64_t r1 = std::min(rows, r0 + rows_per_chunk), tiles = (r1 - r0) * tw;
+      // The chunk's part of each image it touches: (image, its tile rows, first tile within the chunk).
+      std::vector<std::pair<int64_t, Chunk>> parts;
+      for (int64_t img = r0 / th; img * th < r1; ++img)
+        parts.push_back({img, Chunk{std::max(r0, img * th) - img * th, std::min(r1, (img + 1) * th) - img * th}});
+      const auto first_tile = [&](int64_t img, const Chunk& ch) { return (img * th + ch.ty0 - r0) * tw; };
+      const int64_t grain = editgan::grain_for(tiles * xi);
+      at::parallel_for(0, c, grain, [&](int64_t begin, int64_t end) {
+        scalar_t* buf = editgan::scratch<scalar_t, editgan::kWinogradRows>((window + alpha) * step * sp.phase_len);
+        scalar_t* local = editgan::scratch<scalar_t, editgan::kWinogradTiles>(xi * tiles);
+        for (int64_t ci = begin; ci < end; ++ci) {
+          for (const auto& [img, ch] : parts)
             input_transform_channel<scalar_t>(sp, xc.data_ptr<scalar_t>() + (img * c + ci) * h * w,
                                               sc.data_ptr<scalar_t>()[img * c + ci], h, w, tw, ch, tiles,
-                                              local, buf);
-            for (int64_t e = 0; e < xi; ++e)
-              std::copy_n(local + e * tiles, tiles, vp + (e * c + ci) * tiles);
-          }
-        });
-        // A smaller (last) chunk uses a dense prefix of the buffers.
-        auto mdense = at::from_blob(mp, {xi, k, tiles}, x.options());
-        at::bmm_out(mdense, uc, at::from_blob(vp, {xi, c, tiles}, x.options()));
-        at::parallel_for(0, k, grain, [&](int64_t begin, int64_t end) {
-          scalar_t* buf = editgan::scratch<scalar_t, editgan::kWinogradRows>(out_tile * alpha * tw + out_tile * tw);
-          scalar_t* local = editgan::scratch<scalar_t, editgan::kWinogradTiles>(xi * tiles);
-          for (int64_t ki = begin; ki < end; ++ki) {
-            for (int64_t e = 0; e < xi; ++e)
-              std::copy_n(mp + (e * k + ki) * tiles, tiles, local + e * tiles);
+                                              local + first_tile(img, ch), buf);
+          for (int64_t e = 0; e < xi; ++e)
+            std::copy_n(local + e * tiles, tiles, vp + (e * c + ci) * tiles);
+        }
+      });
+      // A smaller (last) chunk uses a dense prefix of the buffers.
+      auto mdense = at::from_blob(mp, {xi, k, tiles}, x.options());
+      at::bmm_out(mdense, uc, at::from_blob(vp, {xi, c, tiles}, x.options()));
+      at::parallel_for(0, k, grain, [&](int64_t begin, int64_t end) {
+        scalar_t* buf = editgan::scratch<scalar_t, editgan::kWinogradRows>(out_tile * alpha * tw + out_tile * tw);
+        scalar_t* local = editgan::scratch<scalar_t, editgan::kWinogradTiles>(xi * tiles);
+        for (int64_t ki = begin; ki < end; ++ki) {
+          for (int64_t e = 0; e < xi; ++e)
+            std::copy_n(mp + (e * k + ki) * tiles, tiles, local + e * tiles);
+          for (const auto& [img, ch] : parts) {
             const auto pl = epilogue.plane<scalar_t>(img * k + ki);
-            output_transform_channel<scalar_t>(sp, local, tiles, tw, ch,
-                                               y.data_ptr<scalar_t>() + (img * k + ki) * out_h * out_w, out_h, out_w,
-                                               buf, fused ? &pl : nullptr, epilogue.params());
+            output_transform_channel<scalar_t>(sp, local + first_tile(img, ch), tiles, tw, ch,
+                                               y.data_ptr<scalar_t>() + (img * k + ki) * out_h * out_w, out_h,
+                                               out_w, buf, fused ? &pl : nullptr, epilogue.params());
           }
-        });
-      }
+        }
+      });
     }
   });
   return y;

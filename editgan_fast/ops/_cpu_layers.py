@@ -248,10 +248,14 @@ def winograd_conv(x, u, spec, scale=None, epilogue=()):
 # oneDNN at 64 channels, 2.5x at 512; the transposed set 1.0x at 64 output channels, 1.3x at 256, and at 64
 # its output comes from the native output pool: no 67 MB fresh allocation per call).
 WINOGRAD_MIN_CHANNELS = {1: 64, 2: 64}
-# ... and at least this many input pixels: below it reading the transformed weight (4x the direct weight for
-# F(4x4, 3x3)) costs more than the products save (measured, 512 channels: 4 px 10.2 ms vs 2.4 direct, 8 px 10.4
-# vs 6.4, 16 px 10.4 vs 18.6; up=2 from 4 px 11.6 vs 3.2, from 8 px 11.5 vs 9.0, from 16 px equal).
-WINOGRAD_MIN_PIXELS = 256
+# ... and at least this many input pixels per image, per `up`: on small maps a tile row is a few tiles, the
+# transforms' loops are that short, and oneDNN wins (measured 2026-12-02, 2 threads, N = 1 / 16: 96 channels at
+# 16 px 0.93 / 14.6 ms vs 0.66 / 5.4; 128 and 256 channels at 16 px 1.2-1.3x slower, at 32 px even; up=2 from
+# 16 and 32 px 1.1-1.5x slower below 512 channels, from 64 px 0.8-0.9x) ...
+WINOGRAD_MIN_PIXELS = {1: 1024, 2: 4096}
+# ... except for wide layers, whose products dominate from 16 px on (512 channels: 4 px 10.2 ms vs 2.4 direct,
+# 8 px 10.4 vs 6.4, 16 px 10.4 vs 18.6; up=2 from 4 px 11.6 vs 3.2, from 8 px 11.5 vs 9.0, from 16 px equal).
+WINOGRAD_WIDE_CHANNELS, WINOGRAD_WIDE_MIN_PIXELS = 512, 256
 _winograd_u = {spec: _PerWeightCache(functools.partial(winograd_weight, spec=spec))
                for spec in (SAME_3X3, TRANSPOSED_3X3_UP2)}
 # conv2d's input gradient is the 3x3 "same" convolution with the adjoint weight (in/out swapped, flipped).
@@ -290,8 +294,10 @@ class Winograd3x3(torch.autograd.Function):
 
 
 def _use_winograd(x, w, up):
-    return w.shape[-1] == 3 and min(w.shape[0], w.shape[1]) >= WINOGRAD_MIN_CHANNELS[up] and \
-        x.shape[2] * x.shape[3] >= WINOGRAD_MIN_PIXELS and x.dtype in (torch.float32, torch.float64)
+    channels, pixels = min(w.shape[0], w.shape[1]), x.shape[2] * x.shape[3]
+    return w.shape[-1] == 3 and channels >= WINOGRAD_MIN_CHANNELS[up] and x.dtype in (torch.float32, torch.float64) \
+        and (pixels >= WINOGRAD_MIN_PIXELS[up] or channels >= WINOGRAD_WIDE_CHANNELS and
+             pixels >= WINOGRAD_WIDE_MIN_PIXELS)
 
 
 def _scaled(x, s):
