@@ -489,6 +489,37 @@ def test_renderer_coalesces_and_batches(editor):
         assert torch.equal(frame.result.labels, want.labels)
 
 
+def test_renderer_waits_for_the_other_active_streams(editor):
+    """Right after a synthesis the streams' next requests trickle in: a request waits (within gather_s) for the
+    other active streams' (keys that asked twice) so they share one synthesis; a lone stream and a stream gone
+    quiet for active_s never make it wait (gather_s is 30 s here: a wait would run into the 10 s timeouts)."""
+    import asyncio
+    from editgan_fast.serve.renderer import BatchingRenderer
+
+    vector = EditVector(0.2 * torch.randn(editor.generator.num_ws, editor.generator.style_dim), (MOUTH,), "v",
+                        editor.fingerprint)
+    latent = editor.sample(4)
+
+    async def scenario():
+        renderer = BatchingRenderer(editor, max_batch=16, gather_s=30.0, active_s=1.0)
+        await renderer.start()
+        render = lambda key, scale: asyncio.wait_for(renderer.render(key, latent, {vector: scale}), 10)
+        solo = [(await render("solo", 0.1 * i)).batch_rows for i in range(3)]  # one stream: never waits
+        await asyncio.sleep(1.2)  # "solo" is no longer active
+        rounds = [f.batch_rows for _ in range(2) for f in await asyncio.gather(render("a", 0.5), render("b", 0.6))]
+        late_a = asyncio.create_task(render("a", 0.7))
+        await asyncio.sleep(0.5)  # "a" waits for "b", a stream that is active too
+        assert not late_a.done()
+        pair = [(await render("b", 0.9)).batch_rows, (await late_a).batch_rows]
+        await asyncio.sleep(1.2)  # "b" went quiet: "a" alone again
+        alone = (await render("a", 0.2)).batch_rows
+        await renderer.stop()
+        return solo, rounds, pair, alone
+
+    solo, rounds, pair, alone = asyncio.run(scenario())
+    assert solo == [1, 1, 1] and rounds == [2, 2, 2, 2] and pair == [2, 2] and alone == 1
+
+
 def test_editor_caches_under_concurrent_threads(editor):
     """The server's threads (renderer, jobs, request handlers) share one editor: concurrent applies on fresh
     latents and vectors fill its style caches without a lost or mixed entry."""

@@ -4,7 +4,12 @@ Requests are keyed (a websocket stream uses its connection as key): a newer requ
 replaces the older one, whose caller gets `Superseded` (only the latest slider position is rendered). One
 worker thread synthesizes; while it runs, requests of other keys queue, and the next synthesis takes all of
 them (up to `max_batch` rows) through `Editor.apply_many`: N concurrent clients cost one batched synthesis,
-not N. A deployment (e.g. Ray Serve) can swap in another class with the same `render`/`start`/`stop`/`stats`.
+not N. Before a synthesis the renderer waits (at most `gather_s`) for the requests of the other active
+streams (keys that asked at least twice, the last time within `active_s`): each streaming client sends its next
+request as soon as its frame arrives, so right after a synthesis the requests trickle in; taking the first
+one alone would split the clients into small batches, and the next synthesis would compete for the CPU with
+the event loop still sending frames and reading requests. A lone stream or a one-off request never waits.
+A deployment (e.g. Ray Serve) can swap in another class with the same `render`/`start`/`stop`/`stats`.
 """
 from __future__ import annotations
 
@@ -53,9 +58,11 @@ def rows_of(vectors: dict) -> tuple[int, bool]:
 
 
 class BatchingRenderer:
-    def __init__(self, editor, max_batch: int = 16):
+    def __init__(self, editor, max_batch: int = 16, gather_s: float = 0.01, active_s: float = 0.25):
         self.editor, self.max_batch = editor, max_batch
+        self.gather_s, self.active_s = gather_s, active_s
         self._pending: OrderedDict[object, _Request] = OrderedDict()
+        self._seen: dict[object, tuple[int, float]] = {}  # key -> (requests, time of the latest), recent keys only
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="render")
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
@@ -89,6 +96,7 @@ class BatchingRenderer:
             raise RuntimeError("the renderer is not started (await renderer.start() in the app's lifespan)")
         rows, batched = rows_of(vectors)
         future = asyncio.get_running_loop().create_future()
+        self._seen[key] = (self._seen.get(key, (0, 0.0))[0] + 1, time.perf_counter())
         old = self._pending.pop(key, None)
         if old is not None and not old.future.done():
             old.future.set_exception(Superseded("a newer edit of this stream replaced this one"))
@@ -118,9 +126,31 @@ class BatchingRenderer:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._pending:
+                await self._gather()
                 batch = self._take_batch()
                 if batch:
                     await loop.run_in_executor(self._executor, self._synthesize, batch, loop)
+
+    def _active_streams(self) -> int:
+        """Keys that asked at least twice, the last time within active_s (older keys are forgotten)."""
+        now = time.perf_counter()
+        for key in [k for k, (_, last) in self._seen.items() if now - last > self.active_s]:
+            del self._seen[key]
+        return sum(count > 1 for count, _ in self._seen.values())
+
+    async def _gather(self) -> None:
+        """Wait, at most gather_s, until every active stream has a request waiting (or max_batch rows are)."""
+        deadline = time.perf_counter() + self.gather_s
+        while sum(r.rows for r in self._pending.values()) < self.max_batch and \
+                len(self._pending) < self._active_streams():
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except asyncio.TimeoutError:
+                return
 
     def _synthesize(self, batch: list[_Request], loop) -> None:
         """Runs in the worker thread: one synthesis for the batch; on an error, each request alone, so one
