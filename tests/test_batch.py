@@ -46,6 +46,29 @@ def test_shards_hold_each_item_and_setting_as_apply_gives_it(editor, tmp_path):
     assert len({s["png"].tobytes() for s in samples.values()}) == 6  # every sample differs
 
 
+def test_equal_settings_are_rendered_once(editor, tmp_path, monkeypatch):
+    """Each of two vectors alone at scales 0 and 1: both scale-0 settings are the unedited latent, one row of
+    the synthesis (3 rows per latent, not 4), written for each setting with the same bytes."""
+    rows = []
+    apply_many = editor.apply_many
+    monkeypatch.setattr(editor, "apply_many", lambda items, **kw: rows.append(
+        sum(len(next(iter(v.values()))) for _, v in items)) or apply_many(items, **kw))
+    job = small_job(tmp_path, seeds="0-1", scales=((0.0, 1.0),), shard_size=2, batch_size=2)
+    run_local(editor, job, tmp_path / "out")
+    assert rows == [2 * 3]
+    samples = read_shards(tmp_path / "out")
+    assert len(samples) == 2 * 4
+    for seed in (0, 1):
+        unedited = [s for s in samples.values() if s["json"]["item"] == f"seed{seed}"
+                    and set(s["json"]["setting"].values()) == {0.0}]
+        assert len(unedited) == 2 and unedited[0]["png"].tobytes() == unedited[1]["png"].tobytes()
+        want = editor.render(editor.sample(seed))
+        assert np.abs(unedited[0]["png"].astype(int) - np.asarray(io.tensor_to_pil(want.image))).max() <= 1
+        assert (unedited[0]["labels"] == want.labels.numpy()).mean() > 0.999
+        np.testing.assert_array_equal(unedited[0]["latent"], unedited[1]["latent"])
+    assert len({s["png"].tobytes() for s in samples.values()}) == 2 * 3
+
+
 def test_batch_sizes_agree(editor, tmp_path):
     outs = {}
     for batch_size in (1, 3):

@@ -41,33 +41,40 @@ def resolve_latent(editor, job: BatchJob, item: Item):
     raise ValueError(f"unknown item kind {item.kind!r}")
 
 
-def _scale_columns(job: BatchJob, vectors: dict) -> dict:
-    """{EditVector: [S scales]}: every setting of one latent as one batch (a vector absent from a setting: 0)."""
-    settings = [dict(s) for s in job.settings]
-    used = [name for name in vectors if any(name in s for s in settings)]
-    return {vectors[name]: [s.get(name, 0.0) for s in settings] for name in used}
+def _scale_columns(job: BatchJob, vectors: dict) -> tuple[dict, list[int]]:
+    """({EditVector: [U scales]}, row of each setting): every distinct setting of one latent as one batch (a
+    vector absent from a setting: 0). Settings with equal scales are one row: e.g. each vector alone at scale 0
+    is the unedited latent (w+ + 0 * delta is w+ exactly), rendered once and written for each of them."""
+    used = [name for name in vectors if any(name in dict(s) for s in job.settings)]
+    rows, row_of = {}, []
+    for setting in job.settings:
+        scales = tuple(float(dict(setting).get(name, 0.0)) for name in used)
+        row_of.append(rows.setdefault(scales, len(rows)))
+    return {vectors[name]: [scales[i] for scales in rows] for i, name in enumerate(used)}, row_of
 
 
 def _rendered_chunks(editor, job: BatchJob, shard: int):
-    """The shard's samples, one list per synthesis (`batch_size` latents, each with all its settings), in order."""
+    """The shard's samples, one list per synthesis (`batch_size` latents, each with all its distinct settings),
+    in order."""
     vectors = job.vector_library()
     for v in vectors.values():
         v.check_compatible(editor.fingerprint, editor.generator.num_ws, editor.generator.style_dim)
-    columns = _scale_columns(job, vectors)
+    columns, row_of = _scale_columns(job, vectors)
+    distinct = max(row_of) + 1
     entries = job.shard_items(shard)
     for start in range(0, len(entries), job.batch_size):
         chunk = [(index, item, resolve_latent(editor, job, item))
                  for index, item in entries[start:start + job.batch_size]]
         result = editor.apply_many([(latent, columns) for _, _, latent in chunk])
         images, labels = result.image.cpu(), result.labels.cpu()
-        samples, row = [], 0
-        for index, item, latent in chunk:
+        samples = []
+        for position, (index, item, latent) in enumerate(chunk):
             for k, setting in enumerate(job.settings):
+                row = position * distinct + row_of[k]
                 wplus = editor.edited_wplus(latent, {vectors[name]: scale for name, scale in setting}).cpu()
                 samples.append(Sample(f"{index:07d}_{k:03d}", images[row], labels[row], wplus,
                                       {"item": item.id, "kind": item.kind, "ref": item.ref,
                                        "setting": dict(setting)}))
-                row += 1
         yield samples
 
 
