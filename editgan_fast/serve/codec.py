@@ -22,7 +22,7 @@ def png(pil: Image.Image) -> bytes:
 
 def image_png(image: torch.Tensor) -> bytes:
     """[3, H, W] in [-1, 1] -> PNG bytes."""
-    return png(io.tensor_to_pil(image))
+    return io.rgb_png(io.image_to_uint8(image))
 
 
 def labels_png(labels: torch.Tensor) -> bytes:
