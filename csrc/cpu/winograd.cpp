@@ -13,9 +13,10 @@
 // outside the image) and writes output rows ty * out_tile .. + out_tile - 1 (cropped to out_h x out_w),
 // optionally through the layer's epilogue (epilogue.h) row by row.
 // Tiles go in chunks of whole tile rows (~128K tiles x channels: the products stay at matmul rate), a chunk
-// spanning images when they are small; each channel's transform works on a contiguous per-thread copy of its chunk rows, so the memory traffic is long
-// sequential streams. Rounding: the transposed set only adds and subtracts (within a few ulps of direct
-// convolution); F(4x4, 3x3)'s coefficients reach 8 (~3e-6 relative in float32).
+// spanning images when they are small; each channel's transform works on a contiguous per-thread copy of its
+// chunk rows, so the memory traffic is long sequential streams. Rounding: the transposed set only adds and
+// subtracts (within a few ulps of direct convolution); F(4x4, 3x3)'s coefficients reach 8 (~3e-6 relative in
+// float32).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
