@@ -39,24 +39,13 @@ class Sample:
     def members(self) -> list[tuple[str, bytes]]:
         latent = _bytes_io.BytesIO()
         np.save(latent, self.wplus.numpy().astype(np.float32), allow_pickle=False)
-        return [(f"{self.key}.png", io.rgb_png(io.image_to_uint8(self.image))),
-                (f"{self.key}.labels.png", _png(io.labels_to_pil(self.labels))),
+        return [(f"{self.key}.png", io.image_png(self.image)),
+                (f"{self.key}.labels.png", io.labels_png(self.labels)),
                 (f"{self.key}.latent.npy", latent.getvalue()),
                 (f"{self.key}.json", json.dumps(self.meta, sort_keys=True).encode())]
 
     def manifest_row(self) -> dict:
         return {"key": self.key, "item": self.meta["item"], "setting": self.meta["setting"]}
-
-
-# Label maps (palette PNGs) through Pillow at zlib level 1: half the encoding time of its default 6, lossless.
-# Images go through io.rgb_png.
-PNG_COMPRESS_LEVEL = 1
-
-
-def _png(image) -> bytes:
-    buffer = _bytes_io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return buffer.getvalue()
 
 
 def encode_members(samples) -> list[tuple[Sample, list[tuple[str, bytes]]]]:

@@ -138,13 +138,13 @@ def build_router(service) -> APIRouter:
     @router.get("/sessions/{session_id}/image.png", response_class=Response, summary="the session's image")
     async def image_png(session_id: str):
         result = await render(sessions.get(session_id), {})
-        return Response(await asyncio.to_thread(codec.image_png, result.image), media_type=PNG)
+        return Response(await asyncio.to_thread(io.image_png, result.image), media_type=PNG)
 
     @router.get("/sessions/{session_id}/labels.png", response_class=Response,
                 summary="the session's label map (palette PNG, pixel value = class id)")
     async def labels_png(session_id: str):
         result = await render(sessions.get(session_id), {})
-        return Response(await asyncio.to_thread(codec.labels_png, result.labels), media_type=PNG)
+        return Response(await asyncio.to_thread(io.labels_png, result.labels), media_type=PNG)
 
     @router.get("/sessions/{session_id}/latent.npy", response_class=Response, summary="the session's w+")
     def latent_npy(session_id: str):
@@ -163,7 +163,7 @@ def build_router(service) -> APIRouter:
                  summary="the edited image as a PNG download")
     async def result_png(session_id: str, body: ApplyRequest):
         result = await render(sessions.get(session_id), service.edit_of(body.scales, one_row=True))
-        return Response(await asyncio.to_thread(codec.image_png, result.image), media_type=PNG,
+        return Response(await asyncio.to_thread(io.image_png, result.image), media_type=PNG,
                         headers={"Content-Disposition": 'attachment; filename="edited.png"'})
 
     @router.post("/sessions/{session_id}/composite.png", response_class=Response,
@@ -179,7 +179,7 @@ def build_router(service) -> APIRouter:
         def paste():
             classes = sorted({c for v in vectors for c in v.classes})
             region = composite.edit_region(original.labels, edited.labels, classes)
-            return codec.png(composite.paste_back(session.photo, edited.image, region, editor.segmenter))
+            return io.pil_png(composite.paste_back(session.photo, edited.image, region, editor.segmenter))
         return Response(await asyncio.to_thread(paste), media_type=PNG,
                         headers={"Content-Disposition": 'attachment; filename="composite.png"'})
 

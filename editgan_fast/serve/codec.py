@@ -14,27 +14,11 @@ from .. import io
 from ..errors import FileFormatError, InputValueError, LimitExceeded
 
 
-def png(pil: Image.Image) -> bytes:
-    buffer = _io.BytesIO()
-    pil.save(buffer, format="PNG", compress_level=1)  # frames are small: favour speed over size
-    return buffer.getvalue()
-
-
-def image_png(image: torch.Tensor) -> bytes:
-    """[3, H, W] in [-1, 1] -> PNG bytes."""
-    return io.rgb_png(io.image_to_uint8(image))
-
-
-def labels_png(labels: torch.Tensor) -> bytes:
-    """[h, w] class ids -> palette PNG bytes (pixel value = class id)."""
-    return png(io.labels_to_pil(labels))
-
-
 def frame(image: torch.Tensor, labels: torch.Tensor | None) -> dict:
     """One rendered row as JSON fields: {"image", "labels"} (labels when rendered), base64 PNGs."""
-    fields = {"image": b64(image_png(image))}
+    fields = {"image": b64(io.image_png(image))}
     if labels is not None:
-        fields["labels"] = b64(labels_png(labels))
+        fields["labels"] = b64(io.labels_png(labels))
     return fields
 
 

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .. import io
 from ..errors import EditGANFastError
 from . import codec
 from .errormap import Busy, Conflict, NotFound, error_fields
@@ -77,7 +78,7 @@ class JobManager:
                 raise JobCancelled(f"job {job.id} was cancelled at step {step}")
             event = {"index": len(job.events), "step": step, "terms": {k: round(v, 6) for k, v in terms.items()}}
             if image is not None and (step % self.preview_every == 0 or step == job.steps):
-                event["preview"] = codec.b64(codec.image_png(image[0] if image.ndim == 4 else image))
+                event["preview"] = codec.b64(io.image_png(image[0] if image.ndim == 4 else image))
             job.events.append(event)
             del job.events[:-MAX_EVENTS]
         return on_step
