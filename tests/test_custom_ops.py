@@ -166,8 +166,8 @@ def test_seg_head_public_op_takes_indices_and_masks_alike():
 
 
 # ------------------------------------------------------------------- the native kernels below the custom ops
-NATIVE_OPS = ("epilogue_forward", "epilogue_backward", "fir_separable", "winograd_conv", "seg_head_forward",
-              "seg_head_backward", "seg_head_infer")
+NATIVE_OPS = ("epilogue_forward", "epilogue_backward", "fir_separable", "fir_upsample", "winograd_conv",
+              "seg_head_forward", "seg_head_backward", "seg_head_infer")
 NO_VMAP_RULE = {"seg_head_infer"}  # inference only: under torch.func the seg head takes seg_head_forward
 
 

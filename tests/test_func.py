@@ -106,14 +106,12 @@ def test_grad_equals_the_reference_gradient_float64(name):
 
 @pytest.mark.parametrize("name", ["modulated_conv2d_up2", "modulated_conv2d_torgb"])
 def test_constants_built_under_grad_serve_later_eager_calls(name):
-    """The blur and skip filters are memoized; the first built inside grad must not be grad's (dead) wrapper."""
+    """The FIR taps (the blur after up=2, the skip's upsampling) are memoized; the first built inside grad must
+    not be grad's (dead) wrapper."""
     from editgan_fast.ops import _cpu_layers
     _cpu_layers._blur_taps.cache_clear()
-    _cpu_layers._skip_upsample_filter.cache_clear()
     _grads(name, torch.float64, "cpu")
-    taps = tuple(_F.tolist())
-    constant = (_cpu_layers._blur_taps(taps, torch.float64) if name.endswith("up2")
-                else _cpu_layers._skip_upsample_filter(taps, 3, torch.float64))
+    constant = _cpu_layers._blur_taps(tuple(_F.tolist()), torch.float64)
     assert not torch._C._functorch.is_functorch_wrapped_tensor(constant)
     constant.data_ptr()  # a dead wrapper has no storage
     op, tensors = _case(name)

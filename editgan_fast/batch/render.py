@@ -45,10 +45,11 @@ def _scale_columns(job: BatchJob, vectors: dict) -> tuple[dict, list[int]]:
     """({EditVector: [U scales]}, row of each setting): every distinct setting of one latent as one batch (a
     vector absent from a setting: 0). Settings with equal scales are one row: e.g. each vector alone at scale 0
     is the unedited latent (w+ + 0 * delta is w+ exactly), rendered once and written for each of them."""
-    used = [name for name in vectors if any(name in dict(s) for s in job.settings)]
+    settings = [dict(s) for s in job.settings]
+    used = [name for name in vectors if any(name in s for s in settings)]
     rows, row_of = {}, []
-    for setting in job.settings:
-        scales = tuple(float(dict(setting).get(name, 0.0)) for name in used)
+    for setting in settings:
+        scales = tuple(float(setting.get(name, 0.0)) for name in used)
         row_of.append(rows.setdefault(scales, len(rows)))
     return {vectors[name]: [scales[i] for scales in rows] for i, name in enumerate(used)}, row_of
 

@@ -14,8 +14,8 @@ element-wise step in one native pass (csrc/cpu/epilogue.cpp):
   input transform: F(4x4, 3x3) for the "same" convolution (4x fewer products; its input gradient is the same
   kernel with the adjoint weight) and F(2, 2) per phase for the transposed one (1.44x fewer);
 - ToRGB (1x1) is one batched matrix product with the per-sample [3, C] weight (the style folded into the tiny
-  weight, not into the input); its skip upsampling is a stride-2 transposed convolution with the 4x4 filter
-  (polyphase by nature), added inside the epilogue pass;
+  weight, not into the input); its skip is upsampled by the native separable FIR, polyphase (fir_upsample: no
+  product with an inserted zero), and added inside the epilogue pass;
 - the epilogue (demodulation, noise, bias, leaky ReLU, gain, clamp, skip) is one native pass forward and one
   backward (recomputing the pre-activation instead of storing it); without gradients it runs inside the kernel
   that writes the layer's output (the Winograd output transform, the blur pass), row by row while in cache.
@@ -127,6 +127,36 @@ class SeparableFir(torch.autograd.Function):
         return grad_x.to(ctx.x_dtype), None, None, None
 
 
+class UpsampleFir(torch.autograd.Function):
+    """Native polyphase FIR upsampling by `up` (fir_upsample: no product with an inserted zero). Its
+    adjoint is the up = 1 kernel with the taps reversed, sampled every up-th output: grad_x[j] =
+    sum_t g[t] grad[up j + pad0 - t], i.e. pad (taps - 1 - pad0) before, enough after. pad0 <= taps - 1."""
+
+    generate_vmap_rule = True  # the native kernel has a vmap rule (ops/_native_ops.py)
+
+    @staticmethod
+    def forward(x, taps, pad0, pad1, up):
+        return _native().fir_upsample(x, taps, up, pad0, pad1)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, taps, pad0, pad1, up = inputs
+        ctx.save_for_backward(taps)
+        ctx.pad0, ctx.up, ctx.x_shape, ctx.x_dtype = pad0, up, x.shape, x.dtype
+
+    @staticmethod
+    def backward(ctx, grad):
+        (taps,) = ctx.saved_tensors
+        n, up = taps.shape[0], ctx.up
+        h, w = ctx.x_shape[2:]
+        before = n - 1 - ctx.pad0
+        # The sampled outputs reach (size - 1) * up: pad after so that the full output covers it on both axes.
+        after = max(0, max((h - 1) * up - grad.shape[2], (w - 1) * up - grad.shape[3]) + n - before)
+        full = _function.call(SeparableFir, grad.to(taps.dtype).contiguous(), taps.flip(0), before, after)
+        grad_x = full[:, :, :(h - 1) * up + 1:up, :(w - 1) * up + 1:up].contiguous()  # NCHW, as x
+        return grad_x.to(ctx.x_dtype), None, None, None, None
+
+
 def _constant(fn):
     """Memoize a small constant tensor built from Python values. It is built with functorch's transforms disabled:
     built inside torch.func.grad/vmap, it would be that transform's wrapper, storage-less once the transform ends,
@@ -170,16 +200,6 @@ class _PerWeightCache:
         # An entry goes with its weight (a temporary weight must not pin its derived tensors until eviction).
         self.entries[key] = (weakref.ref(weight, lambda _, key=key: self.entries.pop(key, None)), value)
         return value
-
-
-@_constant
-def _skip_upsample_filter(taps, channels, dtype):
-    """Depthwise 4x4 weight of ToRGB's skip upsampling as a stride-2 transposed convolution:
-    conv_transpose(x, g, padding P)[p] = sum_j x[j] g[p + P - 2j] equals zero insertion, padding (pad0, pad1)
-    and a true convolution with the filter (gain 4) when g is the unflipped filter and P = taps - 1 - pad0."""
-    f = torch.tensor(taps, dtype=torch.float64)
-    f = f / f.sum()
-    return (torch.outer(f, f) * 4).to(dtype).expand(channels, 1, len(taps), len(taps)).contiguous()
 
 
 # A frozen weight in the compute dtype (bf16 products, or a bf16 generator computing in fp32): one converted tensor
@@ -377,11 +397,9 @@ def modulated_conv2d_cpu(x, weight, styles, demodulate=True, up=1, resample_filt
     if out is None:
         y = _cast(y, y_dtype)
         residual = None
-        if skip is not None:
-            pad0 = skip_padding(len(taps))[0]
-            residual = F.conv_transpose2d(_cast(skip, y.dtype), _skip_upsample_filter(taps, skip.shape[1], y.dtype),
-                                          stride=2, padding=len(taps) - 1 - pad0, groups=skip.shape[1])
-            residual = residual[:, :, : y.shape[2], : y.shape[3]]
+        if skip is not None:  # ToRGB's skip, upsampled 2x with the filter (gain 4), polyphase
+            p0, p1 = skip_padding(len(taps))
+            residual = _function.call(UpsampleFir, _cast(skip, y.dtype), _blur_taps(taps, y.dtype), p0, p1, 2)
         out = _epilogue(y, d, noise, bias, residual, act, alpha, gain, clamp)
     return out.to(store) if store != out.dtype else out
 

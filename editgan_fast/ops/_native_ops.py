@@ -47,11 +47,15 @@ def _epilogue_backward(grad_out, y, d, noise, bias, act, alpha, gain, clamp):
 
 
 def _fir_separable(x, taps, pad0, pad1, d=None, noise=None, bias=None, act=0, alpha=0.2, gain=1.0, clamp=-1.0):
+    return _fir_upsample(x, taps, 1, pad0, pad1)
+
+
+def _fir_upsample(x, taps, up, pad0, pad1):
     torch._check(x.dim() == 4 and taps.dim() == 1, lambda: "fir_separable: x must be NCHW, taps 1-D")
     n, c, h, w = x.shape
     grow = pad0 + pad1 - taps.shape[0] + 1
     dtype = torch.float32 if x.dtype == torch.bfloat16 else x.dtype  # bf16 is read, filtered and written in fp32
-    return x.new_empty((n, c, h + grow, w + grow), dtype=dtype)
+    return x.new_empty((n, c, h * up + grow, w * up + grow), dtype=dtype)
 
 
 def _winograd_conv(x, u, scale, bt, window, at, out_tile, up, out_h, out_w, d=None, noise=None, bias=None, act=0,
@@ -84,6 +88,7 @@ def _seg_head_backward(grad_out, sources, direct, sizes, offsets, pix_y, pix_x, 
 _register("epilogue_forward", _epilogue_forward, sample=(0, 1, 2, 4))       # y, d, noise, residual
 _register("epilogue_backward", _epilogue_backward, sample=(0, 1, 2, 3))     # grad_out, y, d, noise
 _register("fir_separable", _fir_separable, sample=(0, 4, 5))                # x, d, noise
+_register("fir_upsample", _fir_upsample, sample=(0,))                       # x
 _register("winograd_conv", _winograd_conv, sample=(0, 2, 10, 11))           # x, scale, d, noise
 _register("seg_head_forward", _seg_head_forward, sample=(0,))               # sources
 _register("seg_head_infer", _seg_head_infer)  # inference only: torch.func's wrapped features take seg_head_forward
