@@ -83,10 +83,12 @@ def test_isa_builds_match_reference(isa, monkeypatch):
 @pytest.mark.parametrize("bf16", [False, True])
 def test_isa_builds_seg_head_gathers(isa, bf16):
     from test_cpu_seg import random_case, reference64
-    feats, mlps = random_case((4, 8, 16), (70, 9, 130), batch=1, members=2, widths=(40, 8))  # K % 64, % 16 tails
-    want = reference64(feats, mlps, 16, crop=(2, 14, 0, 16))
+    # Channel counts with K % 64 and % 16 tails for the gathers; the last layer (mean_logits) with E*H2 = 18 (a
+    # tail of 2 or 10 lanes), 8 classes (blocks of 6 and 2) and an odd pixel count (13 x 15: a lone last pixel).
+    feats, mlps = random_case((4, 8, 16), (70, 9, 130), batch=1, members=2, widths=(40, 9), classes=8)
+    want = reference64(feats, mlps, 16, crop=(2, 15, 0, 15))
     with editgan_fast.use_backend("cpu", dtype=torch.bfloat16 if bf16 else None):
-        got = seg_head(feats, mlps, 16, crop=(2, 14, 0, 16))
+        got = seg_head(feats, mlps, 16, crop=(2, 15, 0, 15))
     assert _rel(got, want) < (2e-2 if bf16 else 2e-5)
 
 

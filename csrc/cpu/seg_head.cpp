@@ -22,7 +22,7 @@
 //   In fp32, layers whose width is a multiple of packed_block() (the first layer's direct products, and the
 //   second layer member by member) run in linear_relu, a register-blocked product with pre-packed weights
 //   (packed once per ensemble by Python: w1d_pack, w2_pack) and the bias/ReLU fused, instead of a BLAS call
-//   per tile.
+//   per tile; the last layer and the members' mean run in mean_logits, written straight into the logits.
 // seg_head_infer (inference: no autograd) also takes projected groups lazily -- their channels-first windows
 // and W1 columns -- and projects each image right before its tiles. Threads take whole images while at least
 // as many images remain as threads (no barrier per image; each image's projections stay in its thread's
@@ -249,6 +249,70 @@ void linear_relu(EG_LINEAR_RELU_PARAMS) {
 }
 #undef EG_LINEAR_RELU_PARAMS
 #undef EG_LINEAR_RELU_ARGS
+
+// The last layer of every member and their mean for one tile in fp32, written straight into the logits:
+// out[c * ldo + t] = bias[c] + sum_k z[t * K + k] w[c * K + k] for t < T, c < C, with z [T, K = E*H2] the
+// members' second hidden layers side by side and w = w3s (each member's W3 / E side by side). Two pixels at a
+// time against blocks of 6 classes: 12 accumulators, each weight load serving both pixels. Replaces a BLAS call
+// of a 6-column product plus a strided copy into the logits (6 % of the bundled model's segmentation at N=16).
+constexpr int kLogitClasses = 6, kLogitPixels = 2;
+
+template <int L>
+EG_INLINE float lanes_sum(typename Lanes<L>::f v) {
+  float s = 0;
+  for (int i = 0; i < L; ++i) s += v[i];
+  return s;
+}
+
+template <int L>
+EG_INLINE void mean_logits_body(float* out, int64_t ldo, const float* bias, const float* z, int64_t T, int64_t K,
+                                const float* w, int64_t C) {
+  using V = Lanes<L>;
+  using f = typename V::f;
+  constexpr int CB = kLogitClasses, PB = kLogitPixels;
+  const int64_t kv = K / L * L;
+  for (int64_t t0 = 0; t0 < T; t0 += PB) {
+    const int pixels = (int)std::min<int64_t>(PB, T - t0);
+    const float* zr[PB];
+    for (int p = 0; p < PB; ++p) zr[p] = z + (t0 + std::min(p, pixels - 1)) * K;  // a missing pixel repeats
+    for (int64_t c0 = 0; c0 < C; c0 += CB) {
+      const int classes = (int)std::min<int64_t>(CB, C - c0);
+      const float* wr[CB];
+      for (int c = 0; c < CB; ++c) wr[c] = w + (c0 + std::min(c, classes - 1)) * K;  // so does a class
+      f acc[PB][CB] = {};
+      for (int64_t k = 0; k < kv; k += L) {
+        const f z0 = V::load(zr[0] + k), z1 = V::load(zr[1] + k);
+#pragma GCC unroll 6
+        for (int c = 0; c < CB; ++c) {
+          const f wc = V::load(wr[c] + k);
+          acc[0][c] += z0 * wc;
+          acc[1][c] += z1 * wc;
+        }
+      }
+      for (int p = 0; p < pixels; ++p)
+        for (int c = 0; c < classes; ++c) {
+          float v = bias[c0 + c] + lanes_sum<L>(acc[p][c]);
+          for (int64_t k = kv; k < K; ++k) v += zr[p][k] * wr[c][k];
+          out[(c0 + c) * ldo + t0 + p] = v;
+        }
+    }
+  }
+}
+#define EG_MEAN_LOGITS_PARAMS \
+  float *out, int64_t ldo, const float *bias, const float *z, int64_t T, int64_t K, const float *w, int64_t C
+#define EG_MEAN_LOGITS_ARGS out, ldo, bias, z, T, K, w, C
+EG_TARGET_AVX512 void mean_logits_avx512(EG_MEAN_LOGITS_PARAMS) { mean_logits_body<16>(EG_MEAN_LOGITS_ARGS); }
+EG_TARGET_AVX2 void mean_logits_avx2(EG_MEAN_LOGITS_PARAMS) { mean_logits_body<8>(EG_MEAN_LOGITS_ARGS); }
+void mean_logits_portable(EG_MEAN_LOGITS_PARAMS) { mean_logits_body<8>(EG_MEAN_LOGITS_ARGS); }
+void mean_logits(EG_MEAN_LOGITS_PARAMS) {
+  switch (editgan::active_isa()) {
+    case editgan::Isa::Avx512: return mean_logits_avx512(EG_MEAN_LOGITS_ARGS);
+    case editgan::Isa::Avx2: return mean_logits_avx2(EG_MEAN_LOGITS_ARGS);
+    default: return mean_logits_portable(EG_MEAN_LOGITS_ARGS);
+  }
+}
+#undef EG_MEAN_LOGITS_PARAMS
+#undef EG_MEAN_LOGITS_ARGS
 
 // 2L outputs per block of linear_relu (16 lanes on AVX-512, 8 elsewhere): a layer runs packed when its width is a
 // multiple of it. Python packs the weights in this block size once per ensemble (W [..., N, K] ->
@@ -730,8 +794,15 @@ void forward_tile(const Head& hd, const Bases& bases, int64_t n, int64_t ti, Scr
   const int64_t p0 = ti * hd.tile, T = std::min(hd.tile, hd.npix - p0);
   at::Tensor h = sc.h.narrow(0, 0, T);
   at::Tensor z = hidden_layers<scalar_t>(hd, bases, p0, T, h, sc);
-  at::Tensor logits = at::addmm(hd.b3mean, z.transpose(0, 1).reshape({T, hd.E * hd.H2}), hd.w3s.t());
-  out[n].narrow(1, p0, T).copy_(logits.t());
+  const at::Tensor zt = z.transpose(0, 1).reshape({T, hd.E * hd.H2});  // [T, E*H2], a view when packed
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (zt.is_contiguous()) {
+      mean_logits(out[n].data_ptr<float>() + p0, hd.npix, hd.b3mean.data_ptr<float>(), zt.data_ptr<float>(), T,
+                  hd.E * hd.H2, hd.w3s.data_ptr<float>(), hd.C);
+      return;
+    }
+  }
+  out[n].narrow(1, p0, T).copy_(at::addmm(hd.b3mean, zt, hd.w3s.t()).t());
 }
 
 // Work split over the threads: while at least as many images remain as there are threads, each thread takes
