@@ -15,7 +15,11 @@ into a fresh folder; the Ray rows' shards are checked equal to the local row's.
 With `--repeat N` the local rows run N times, interleaved (1, 8, 32, 1, 8, 32, ...), and the warm Ray row N
 times; the table shows medians (use it on a shared, noisy machine).
 
-    python bench/batch.py [--items 32] [--batch-sizes 1,8,32] [--repeat 1] [--no-ray]
+    python bench/batch.py [--items 32] [--batch-sizes 1,8,32] [--scales 0,0.5,1] [--repeat 1] [--no-ray]
+
+`--scales` sets the settings per latent (one vector): with one scale, "1 latent/synthesis" is one sample per
+synthesis and the ratios show batching across latents alone; with the default three, every row already batches
+a latent's settings.
 """
 from __future__ import annotations
 
@@ -37,13 +41,13 @@ from editgan_fast.editor import EditVector, VectorLibrary, default_editor
 SCALES = (0.0, 0.5, 1.0)
 
 
-def make_job(folder: Path, editor, items: int, batch_size: int) -> BatchJob:
+def make_job(folder: Path, editor, items: int, batch_size: int, scales=SCALES) -> BatchJob:
     library = folder / "vectors.npz"
     if not library.exists():
         g = editor.generator
         delta = 0.4 * torch.randn(g.num_ws, g.style_dim, generator=torch.Generator().manual_seed(0))
         VectorLibrary([EditVector(delta, (1,), "bench", editor.fingerprint)]).save(library)
-    return BatchJob.create(seed_items(range(items)), library, [SCALES], shard_size=max(32, batch_size),
+    return BatchJob.create(seed_items(range(items)), library, [list(scales)], shard_size=max(32, batch_size),
                            batch_size=batch_size)
 
 
@@ -57,11 +61,11 @@ def shards_of(folder: Path) -> dict:
     return {p.name: p.read_bytes() for p in sorted(folder.glob("shard-*.tar"))}
 
 
-def stage_costs(editor, job: BatchJob, folder: Path, runs: int = 5) -> dict:
+def stage_costs(editor, job: BatchJob, folder: Path, scales, runs: int = 5) -> dict:
     """Seconds of each stage of the job's first synthesis, each run alone: medians of `runs`, the stages
     interleaved run by run (synthesis without and with segmentation alternate, so both see the same load)."""
     chunk = [item for _, item in job.shard_items(0)[:job.batch_size]]
-    columns = {job.vector_library()["bench"]: list(SCALES)}
+    columns = {job.vector_library()["bench"]: list(scales)}
     latents = [resolve_latent(editor, job, item) for item in chunk]
     samples = next(_rendered_chunks(editor, job, 0))
     encoded = encode_members(samples)
@@ -88,21 +92,23 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=32, help="latents (seeds) per job")
     parser.add_argument("--batch-sizes", default="1,8,32")
+    parser.add_argument("--scales", default=",".join(f"{s:g}" for s in SCALES), help="settings per latent")
     parser.add_argument("--repeat", type=int, default=1, help="runs per row (medians)")
     parser.add_argument("--no-ray", action="store_true")
     args = parser.parse_args(argv)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
+    scales = [float(s) for s in args.scales.split(",")]
     editor = default_editor(progress=False)
     editor.apply_many([(editor.sample(0), {})])  # warm-up: kernels and caches
     work = Path(tempfile.mkdtemp(prefix="bench_batch_"))
-    print(f"batch job: {args.items} latents x {len(SCALES)} scales, bundled model "
+    print(f"batch job: {args.items} latents x {len(scales)} scales, bundled model "
           f"({editor.generator.resolution} px), {torch.get_num_threads()} threads locally, OMP_WAIT_POLICY="
           f"{os.environ.get('OMP_WAIT_POLICY', 'default')} (PASSIVE: no spin-waiting, which a loaded machine "
           f"punishes)\n")
 
-    costs = stage_costs(editor, make_job(work, editor, args.items, sizes[-1]), work / "stages")
+    costs = stage_costs(editor, make_job(work, editor, args.items, sizes[-1], scales), work / "stages", scales)
     total = sum(costs.values())
-    print(f"stages of one synthesis ({min(sizes[-1], args.items)} latents x {len(SCALES)} scales), each alone:")
+    print(f"stages of one synthesis ({min(sizes[-1], args.items)} latents x {len(scales)} scales), each alone:")
     for name, seconds in costs.items():
         print(f"  {name:28s} {1000 * seconds:8.1f} ms  {100 * seconds / total:5.1f} %")
 
@@ -118,7 +124,7 @@ def main(argv=None):
     runs = {batch_size: [] for batch_size in sizes}
     for rep in range(args.repeat):
         for batch_size in sizes:
-            job = make_job(work, editor, args.items, batch_size)
+            job = make_job(work, editor, args.items, batch_size, scales)
             runs[batch_size].append(timed(lambda: run_local(editor, job, work / f"local{batch_size}_{rep}")))
     for batch_size, measured in runs.items():
         row(f"local, {batch_size} latents/synthesis", statistics.median(s for s, _ in measured),
@@ -127,7 +133,7 @@ def main(argv=None):
         return
     import ray
     from editgan_fast.batch.on_ray import pool_shape, run_ray
-    job = make_job(work, editor, args.items, sizes[-1])
+    job = make_job(work, editor, args.items, sizes[-1], scales)
     make_editor = functools.partial(default_editor, progress=False)
     start = time.perf_counter()
     ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)

@@ -71,6 +71,7 @@ def _voc_colour(c: int) -> tuple[int, int, int]:
 
 
 PALETTE: tuple[tuple[int, int, int], ...] = tuple(_voc_colour(c) for c in range(256))
+_PLTE = bytes(v for rgb in PALETTE for v in rgb)  # the palette as PNG's PLTE chunk and Pillow's putpalette take it
 
 
 def _check_file(path) -> Path:
@@ -186,8 +187,8 @@ def tensor_to_pil(image: torch.Tensor) -> Image.Image:
 
 
 def pil_png(im: Image.Image) -> bytes:
-    """PNG bytes through Pillow at zlib level 1 (half the time of its default 6, lossless): label maps and
-    composites; RGB frames go through `rgb_png`, faster."""
+    """PNG bytes through Pillow at zlib level 1 (half the time of its default 6, lossless): composites; frames
+    and label maps go through `rgb_png` / `labels_png`, faster."""
     buffer = BytesIO()
     im.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
@@ -199,31 +200,40 @@ def image_png(image: torch.Tensor) -> bytes:
 
 
 def labels_png(labels) -> bytes:
-    """[h, w] class ids -> palette PNG bytes (pixel value = class id)."""
-    return pil_png(labels_to_pil(labels))
+    """[h, w] class ids -> palette PNG bytes (pixel value = class id, `PALETTE` attached), written as `rgb_png`
+    writes frames: 0.04 ms for a 64 px map against Pillow's 0.19 ms at level 1, a few bytes larger."""
+    array = _label_array(labels)
+    return _png(array, array.shape[1], 3, _PLTE)
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def rgb_png(array: np.ndarray) -> bytes:
-    """PNG bytes of a uint8 [H, W, 3] array, written here rather than by Pillow, for the frames the service
-    streams and the batch shards: every row gets the "Up" filter (its difference to the row above, one numpy
-    op; Pillow tries filters per row) and zlib level 1 with the run-length strategy. Measured on 64 px frames:
-    0.16-0.24 ms and ~5.9 KB vs Pillow's 0.33-0.40 ms and ~5.8 KB at level 1. Lossless."""
-    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
-        raise InputValueError(f"rgb_png takes a uint8 [H, W, 3] array, got {array.dtype} {array.shape}")
-    h, w, _ = array.shape
-    rows = np.ascontiguousarray(array).reshape(h, w * 3)
-    filtered = np.empty((h, 1 + w * 3), np.uint8)
+def _png(rows: np.ndarray, width: int, color_type: int, palette: bytes = b"") -> bytes:
+    """PNG bytes of 8-bit samples, `rows` uint8 [H, width * samples per pixel]: every row gets the "Up" filter
+    (its difference to the row above, one numpy op; Pillow tries filters per row) and zlib level 1 with the
+    run-length strategy. Lossless."""
+    h = rows.shape[0]
+    filtered = np.empty((h, 1 + rows.shape[1]), np.uint8)
     filtered[:, 0] = 2  # filter type "Up"; the first row's "above" is zeros
     filtered[0, 1:] = rows[0]
     np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # modulo 256, as PNG defines it
     deflate = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
     data = deflate.compress(filtered.tobytes()) + deflate.flush()
-    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8-bit RGB, deflate, adaptive filtering, no interlace
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")
+    header = struct.pack(">IIBBBBB", width, h, 8, color_type, 0, 0, 0)  # deflate, adaptive filters, no interlace
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + (_png_chunk(b"PLTE", palette) if palette else b"") \
+        + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")
+
+
+def rgb_png(array: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 [H, W, 3] array, written here rather than by Pillow, for the frames the service
+    streams and the batch shards (`_png`). Measured on 64 px frames: 0.16-0.24 ms and ~5.9 KB vs Pillow's
+    0.33-0.40 ms and ~5.8 KB at level 1."""
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise InputValueError(f"rgb_png takes a uint8 [H, W, 3] array, got {array.dtype} {array.shape}")
+    h, w, _ = array.shape
+    return _png(np.ascontiguousarray(array).reshape(h, w * 3), w, 2)  # colour type 2: RGB
 
 
 def _pil_format(path: Path) -> str:
@@ -254,7 +264,8 @@ def image_grid(images, columns: int) -> torch.Tensor:
     return grid
 
 
-def labels_to_pil(labels) -> Image.Image:
+def _label_array(labels) -> np.ndarray:
+    """A label map [H, W] of class ids 0..255 as uint8, checked."""
     if not isinstance(labels, (torch.Tensor, np.ndarray)):
         raise InputValueError(f"a label map is an integer tensor [H, W], got {type(labels).__name__}")
     labels = torch.as_tensor(labels)
@@ -262,8 +273,12 @@ def labels_to_pil(labels) -> Image.Image:
         raise InputValueError(f"a label map is an integer tensor [H, W], got {labels.dtype} {tuple(labels.shape)}")
     if labels.numel() and (labels.min() < 0 or labels.max() > 255):
         raise InputValueError(f"label PNGs hold class ids 0..255, got ids {int(labels.min())}..{int(labels.max())}")
-    im = Image.fromarray(labels.cpu().numpy().astype(np.uint8), mode="P")
-    im.putpalette([v for rgb in PALETTE for v in rgb])
+    return np.ascontiguousarray(labels.cpu().numpy().astype(np.uint8))
+
+
+def labels_to_pil(labels) -> Image.Image:
+    im = Image.fromarray(_label_array(labels), mode="P")
+    im.putpalette(_PLTE)
     return im
 
 

@@ -82,6 +82,21 @@ def test_rgb_png_decodes_to_the_same_pixels(h, w):
         io.rgb_png(np.zeros((h, w, 4), np.uint8))
 
 
+@pytest.mark.parametrize("h,w", [(1, 1), (7, 5), (64, 64), (3, 200)])
+def test_labels_png_decodes_to_the_same_ids_and_palette(h, w):
+    """Our palette PNG writer against Pillow's reader and our own label reader: every id 0..255 (the Up filter
+    wraps modulo 256), odd sizes; the palette equals PALETTE, as Pillow's own writer attaches it."""
+    rng = np.random.default_rng(h * 1000 + w)
+    for labels in (torch.from_numpy(rng.integers(0, 256, (h, w))), random_labels(h, w, 6, seed=h + w)):
+        decoded = Image.open(bytes_io.BytesIO(io.labels_png(labels)))
+        assert decoded.mode == "P" and decoded.size == (w, h)
+        np.testing.assert_array_equal(np.asarray(decoded), labels.numpy())
+        assert decoded.getpalette() == io.labels_to_pil(labels).getpalette()
+        assert torch.equal(io.labels_from_image(decoded), labels)
+    with pytest.raises(ValueError, match="0..255"):
+        io.labels_png(torch.full((h, w), -1))
+
+
 def test_fit_to_resolution_letterboxes_and_says_so():
     image = torch.rand(3, 20, 40) * 2 - 1
     out, note = io.fit_to_resolution(image, 16)
