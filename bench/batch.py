@@ -3,10 +3,14 @@
 - the stage costs of one synthesis's worth of samples at the largest batch size, each stage timed alone
   (latents, synthesis, segmentation, PNG encoding, tar, shard commit), as a share of their sum;
 - the local path at 1, 8 and 32 latents per synthesis (each latent with all its settings; 1 = one latent at a
-  time, the per-item loop), ratios against 1;
-- the Ray Data path on a local 2-CPU Ray cluster at the largest batch size: cold (`ray.init`, worker start-up
-  and model loading included) and warm (a later job of the same driver: the workers keep their editors), the
-  ratio of each to the local path at the same batch size (run again, interleaved with the warm runs), and
+  time, the per-item loop), ratios against 1, for each job shape of `--scales`: by default one setting per
+  latent (one sample per latent: the per-item loop synthesizes one image at a time, so the ratios measure
+  batching across latents alone) and three (the CLI's example `--scales 0,0.5,1`: every row, the per-item loop
+  included, already batches a latent's three settings);
+- the Ray Data path on a local 2-CPU Ray cluster at the largest batch size, on the last shape: cold (`ray.init`,
+  worker start-up and model loading included) and warm (a later job of the same driver: the workers keep their
+  editors), the ratio of each to the local path at the same batch size (run again, interleaved with the warm
+  runs), and
   Ray's overhead per sample.
 
 Every row renders the same job (the full path: synthesis, segmentation, PNG encoding, tar shards, manifest)
@@ -15,11 +19,7 @@ into a fresh folder; the Ray rows' shards are checked equal to the local row's.
 With `--repeat N` the local rows run N times, interleaved (1, 8, 32, 1, 8, 32, ...), and the warm Ray row N
 times; the table shows medians (use it on a shared, noisy machine).
 
-    python bench/batch.py [--items 32] [--batch-sizes 1,8,32] [--scales 0,0.5,1] [--repeat 1] [--no-ray]
-
-`--scales` sets the settings per latent (one vector): with one scale, "1 latent/synthesis" is one sample per
-synthesis and the ratios show batching across latents alone; with the default three, every row already batches
-a latent's settings.
+    python bench/batch.py [--items 32] [--batch-sizes 1,8,32] [--scales "1;0,0.5,1"] [--repeat 1] [--no-ray]
 """
 from __future__ import annotations
 
@@ -92,16 +92,18 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=32, help="latents (seeds) per job")
     parser.add_argument("--batch-sizes", default="1,8,32")
-    parser.add_argument("--scales", default=",".join(f"{s:g}" for s in SCALES), help="settings per latent")
+    parser.add_argument("--scales", default="1;" + ",".join(f"{s:g}" for s in SCALES),
+                        help="job shapes: the scales of one vector per latent, shapes separated by ';'")
     parser.add_argument("--repeat", type=int, default=1, help="runs per row (medians)")
     parser.add_argument("--no-ray", action="store_true")
     args = parser.parse_args(argv)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
-    scales = [float(s) for s in args.scales.split(",")]
+    shapes = [[float(s) for s in shape.split(",")] for shape in args.scales.split(";")]
+    scales = shapes[-1]  # the stage costs and the Ray rows
     editor = default_editor(progress=False)
     editor.apply_many([(editor.sample(0), {})])  # warm-up: kernels and caches
     work = Path(tempfile.mkdtemp(prefix="bench_batch_"))
-    print(f"batch job: {args.items} latents x {len(scales)} scales, bundled model "
+    print(f"batch job: {args.items} latents x {' or '.join(str(len(s)) for s in shapes)} scales, bundled model "
           f"({editor.generator.resolution} px), {torch.get_num_threads()} threads locally, OMP_WAIT_POLICY="
           f"{os.environ.get('OMP_WAIT_POLICY', 'default')} (PASSIVE: no spin-waiting, which a loaded machine "
           f"punishes)\n")
@@ -112,23 +114,24 @@ def main(argv=None):
     for name, seconds in costs.items():
         print(f"  {name:28s} {1000 * seconds:8.1f} ms  {100 * seconds / total:5.1f} %")
 
-    print("\n| path | seconds | samples/s | vs 1 latent/synthesis |")
+    print("\n| path | seconds | samples/s | vs 1 latent/synthesis (same settings) |")
     print("|---|---|---|---|")
-    rows = {}
 
-    def row(name, seconds, samples):  # printed as measured: a later failure keeps the earlier rows
-        rows[name] = (seconds, samples)
-        first = next(iter(rows.values()))[0]
+    def row(name, seconds, samples, first):  # printed as measured: a later failure keeps the earlier rows
         print(f"| {name} | {seconds:.2f} | {samples / seconds:.1f} | {first / seconds:.2f}x |", flush=True)
 
-    runs = {batch_size: [] for batch_size in sizes}
-    for rep in range(args.repeat):
-        for batch_size in sizes:
-            job = make_job(work, editor, args.items, batch_size, scales)
-            runs[batch_size].append(timed(lambda: run_local(editor, job, work / f"local{batch_size}_{rep}")))
-    for batch_size, measured in runs.items():
-        row(f"local, {batch_size} latents/synthesis", statistics.median(s for s, _ in measured),
-            measured[0][1]["samples"])
+    for k, shape in enumerate(shapes):
+        folder = work / f"shape{k}"
+        folder.mkdir()
+        runs = {batch_size: [] for batch_size in sizes}
+        for rep in range(args.repeat):
+            for batch_size in sizes:
+                job = make_job(folder, editor, args.items, batch_size, shape)
+                runs[batch_size].append(timed(lambda: run_local(editor, job, folder / f"local{batch_size}_{rep}")))
+        per_item = statistics.median(s for s, _ in runs[sizes[0]])
+        for batch_size, measured in runs.items():
+            row(f"local, {batch_size} latents x {len(shape)} setting{'s' * (len(shape) > 1)}/synthesis",
+                statistics.median(s for s, _ in measured), measured[0][1]["samples"], per_item)
     if args.no_ray:
         return
     import ray
@@ -140,7 +143,7 @@ def main(argv=None):
     try:
         init_s = time.perf_counter() - start
         workers, threads = pool_shape(ray, job.num_shards, None, 0)
-        shape = f"{workers} worker{'s' * (workers > 1)} x {threads} thread{'s' * (threads > 1)}"
+        pool = f"{workers} worker{'s' * (workers > 1)} x {threads} thread{'s' * (threads > 1)}"
         cold = time.perf_counter() - start + timed(lambda: run_ray(make_editor, job, work / "ray_cold"))[0]
         warm_runs, paired_local = [], []
         for rep in range(args.repeat):  # interleaved with the local path, so both see the same machine load
@@ -149,12 +152,13 @@ def main(argv=None):
     finally:
         ray.shutdown()
     for name in ["ray_cold"] + [f"ray_warm{rep}" for rep in range(args.repeat)]:
-        if shards_of(work / name) != shards_of(work / f"local{sizes[-1]}_0"):
+        if shards_of(work / name) != shards_of(folder / f"local{sizes[-1]}_0"):
             raise SystemExit(f"the Ray path's shards ({name}) differ from the local path's")
     samples = warm_runs[0][1]["samples"]
     warm = statistics.median(s for s, _ in warm_runs)
-    row(f"Ray Data cold ({shape}, `ray.init` {init_s:.1f} s included), {sizes[-1]} latents/synthesis", cold, samples)
-    row(f"Ray Data warm (second job of the driver), {sizes[-1]} latents/synthesis", warm, samples)
+    row(f"Ray Data cold ({pool}, `ray.init` {init_s:.1f} s included), {sizes[-1]} latents/synthesis", cold, samples,
+        per_item)
+    row(f"Ray Data warm (second job of the driver), {sizes[-1]} latents/synthesis", warm, samples, per_item)
     local_s = statistics.median(paired_local)
     print(f"\nlocal path at {sizes[-1]} latents/synthesis, interleaved with the warm Ray runs: {local_s:.2f} s")
     print(f"Ray / local at {sizes[-1]} latents/synthesis: cold {cold / local_s:.2f}x, warm {warm / local_s:.2f}x "
