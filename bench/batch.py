@@ -10,8 +10,7 @@
 - the Ray Data path on a local 2-CPU Ray cluster at the largest batch size, on the last shape: cold (`ray.init`,
   worker start-up and model loading included) and warm (a later job of the same driver: the workers keep their
   editors), the ratio of each to the local path at the same batch size (run again, interleaved with the warm
-  runs), and
-  Ray's overhead per sample.
+  runs), and Ray's overhead per sample.
 
 Every row renders the same job (the full path: synthesis, segmentation, PNG encoding, tar shards, manifest)
 into a fresh folder; the Ray rows' shards are checked equal to the local row's.
