@@ -419,15 +419,35 @@ def bias_act_cpu(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=No
     return out.to(store) if store != out.dtype else out
 
 
+def _native_fir(x, f, up, down, pads, gain):
+    """upfirdn2d by the native separable kernels when they apply: a 1-D filter, no downsampling, the same pads
+    on both axes within the filter's reach (their adjoints' pads, taps - 1 - pad, stay >= 0), a positive gain.
+    `f` is already the correlation filter in the compute dtype. None otherwise."""
+    px0, px1, py0, py1 = pads
+    taps = f.shape[0]
+    if f.ndim != 1 or down != 1 or (px0, px1) != (py0, py1) or not (0 <= px0 < taps and 0 <= px1 < taps) \
+            or gain <= 0:
+        return None
+    g = f * gain ** 0.5  # per axis
+    if up == 1:
+        return _function.call(SeparableFir, x.contiguous(), g, px0, px1)
+    return _function.call(UpsampleFir, x.contiguous(), g, px0, px1, up)
+
+
 def upfirdn2d_cpu(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1.0):
-    """Polyphase: up > 1 is a stride-`up` transposed convolution (it never multiplies inserted zeros), then the
-    padding is applied as a crop/pad of its full output; down > 1 is a strided convolution."""
+    """Polyphase: a separable filter without downsampling runs in the native FIR kernels (fir_separable,
+    fir_upsample); otherwise up > 1 is a stride-`up` transposed convolution (it never multiplies inserted zeros),
+    then the padding is applied as a crop/pad of its full output, and down > 1 is a strided convolution."""
     px0, px1, py0, py1 = parse_padding(padding)
     n, c, h, w = x.shape
     dtype = torch.float32 if x.dtype == torch.bfloat16 else x.dtype
     f = f.detach().to(dtype)
     if not flip_filter:
         f = f.flip(list(range(f.ndim)))  # true convolution = correlation with the flipped filter
+    store = _storage_dtype(x)
+    out = _native_fir(x, f, up, down, (px0, px1, py0, py1), gain)  # the kernels read bf16, write fp32
+    if out is not None:
+        return out.to(store) if store != out.dtype else out
     if f.ndim == 1:
         f = torch.outer(f, f) * gain
     else:
