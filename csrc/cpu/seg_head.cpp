@@ -118,8 +118,8 @@ EG_LANES(16)
 #undef EG_LANES
 
 template <int L, typename S>
-EG_INLINE void gather_taps_f32(float* dst, const float* init, const S* const* src, const float* w, int ntaps,
-                               int64_t K) {
+EG_INLINE void gather_taps_body(float* dst, const float* init, const S* const* src, const float* w, int ntaps,
+                                int64_t K) {
   using V = Lanes<L>;
   using f = typename V::f;
   constexpr int R = 64 / L;  // registers per 64-float block
@@ -145,30 +145,10 @@ EG_INLINE void gather_taps_f32(float* dst, const float* init, const S* const* sr
   if (k0 < K) gather_block(dst, init, src, w, ntaps, k0, K - k0);
 }
 
-// The fp32 gathers per ISA (16 lanes on AVX-512, 8 elsewhere; the portable build splits 8 into SSE halves).
-template <typename S>
-EG_TARGET_AVX512 void gather_taps_avx512(float* dst, const float* init, const S* const* src, const float* w,
-                                         int ntaps, int64_t K) {
-  gather_taps_f32<16>(dst, init, src, w, ntaps, K);
-}
-template <typename S>
-EG_TARGET_AVX2 void gather_taps_avx2(float* dst, const float* init, const S* const* src, const float* w, int ntaps,
-                                     int64_t K) {
-  gather_taps_f32<8>(dst, init, src, w, ntaps, K);
-}
-template <typename S>
-void gather_taps_portable(float* dst, const float* init, const S* const* src, const float* w, int ntaps,
-                          int64_t K) {
-  gather_taps_f32<8>(dst, init, src, w, ntaps, K);
-}
-template <typename S>
-void gather_taps(float* dst, const float* init, const S* const* src, const float* w, int ntaps, int64_t K) {
-  switch (editgan::active_isa()) {
-    case editgan::Isa::Avx512: return gather_taps_avx512(dst, init, src, w, ntaps, K);
-    case editgan::Isa::Avx2: return gather_taps_avx2(dst, init, src, w, ntaps, K);
-    default: return gather_taps_portable(dst, init, src, w, ntaps, K);
-  }
-}
+// The fp32 gathers per ISA.
+EG_LANE_VARIANTS(template <typename S>, void, gather_taps,
+                 (float* dst, const float* init, const S* const* src, const float* w, int ntaps, int64_t K),
+                 (dst, init, src, w, ntaps, K))
 void gather_taps(double* dst, const double* init, const double* const* src, const float* w, int ntaps, int64_t K) {
   gather_taps_impl(dst, init, src, w, ntaps, K);
 }
@@ -233,22 +213,10 @@ EG_INLINE void linear_relu_body(float* y, int64_t ldy, const float* bias, const 
     }
   }
 }
-#define EG_LINEAR_RELU_PARAMS \
-  float *y, int64_t ldy, const float *bias, const float *x, int64_t ldx, int64_t T, int64_t N, int64_t K, \
-      const float *wpack
-#define EG_LINEAR_RELU_ARGS y, ldy, bias, x, ldx, T, N, K, wpack
-EG_TARGET_AVX512 void linear_relu_avx512(EG_LINEAR_RELU_PARAMS) { linear_relu_body<16>(EG_LINEAR_RELU_ARGS); }
-EG_TARGET_AVX2 void linear_relu_avx2(EG_LINEAR_RELU_PARAMS) { linear_relu_body<8>(EG_LINEAR_RELU_ARGS); }
-void linear_relu_portable(EG_LINEAR_RELU_PARAMS) { linear_relu_body<8>(EG_LINEAR_RELU_ARGS); }
-void linear_relu(EG_LINEAR_RELU_PARAMS) {
-  switch (editgan::active_isa()) {
-    case editgan::Isa::Avx512: return linear_relu_avx512(EG_LINEAR_RELU_ARGS);
-    case editgan::Isa::Avx2: return linear_relu_avx2(EG_LINEAR_RELU_ARGS);
-    default: return linear_relu_portable(EG_LINEAR_RELU_ARGS);
-  }
-}
-#undef EG_LINEAR_RELU_PARAMS
-#undef EG_LINEAR_RELU_ARGS
+EG_LANE_VARIANTS(, void, linear_relu,
+                 (float* y, int64_t ldy, const float* bias, const float* x, int64_t ldx, int64_t T, int64_t N,
+                  int64_t K, const float* wpack),
+                 (y, ldy, bias, x, ldx, T, N, K, wpack))
 
 // The last layer of every member and their mean for one tile in fp32, written straight into the logits:
 // out[c * ldo + t] = bias[c] + sum_k z[t * K + k] w[c * K + k] for t < T, c < C, with z [T, K = E*H2] the
@@ -298,21 +266,10 @@ EG_INLINE void mean_logits_body(float* out, int64_t ldo, const float* bias, cons
     }
   }
 }
-#define EG_MEAN_LOGITS_PARAMS \
-  float *out, int64_t ldo, const float *bias, const float *z, int64_t T, int64_t K, const float *w, int64_t C
-#define EG_MEAN_LOGITS_ARGS out, ldo, bias, z, T, K, w, C
-EG_TARGET_AVX512 void mean_logits_avx512(EG_MEAN_LOGITS_PARAMS) { mean_logits_body<16>(EG_MEAN_LOGITS_ARGS); }
-EG_TARGET_AVX2 void mean_logits_avx2(EG_MEAN_LOGITS_PARAMS) { mean_logits_body<8>(EG_MEAN_LOGITS_ARGS); }
-void mean_logits_portable(EG_MEAN_LOGITS_PARAMS) { mean_logits_body<8>(EG_MEAN_LOGITS_ARGS); }
-void mean_logits(EG_MEAN_LOGITS_PARAMS) {
-  switch (editgan::active_isa()) {
-    case editgan::Isa::Avx512: return mean_logits_avx512(EG_MEAN_LOGITS_ARGS);
-    case editgan::Isa::Avx2: return mean_logits_avx2(EG_MEAN_LOGITS_ARGS);
-    default: return mean_logits_portable(EG_MEAN_LOGITS_ARGS);
-  }
-}
-#undef EG_MEAN_LOGITS_PARAMS
-#undef EG_MEAN_LOGITS_ARGS
+EG_LANE_VARIANTS(, void, mean_logits,
+                 (float* out, int64_t ldo, const float* bias, const float* z, int64_t T, int64_t K, const float* w,
+                  int64_t C),
+                 (out, ldo, bias, z, T, K, w, C))
 
 // 2L outputs per block of linear_relu (16 lanes on AVX-512, 8 elsewhere): a layer runs packed when its width is a
 // multiple of it. Python packs the weights in this block size once per ensemble (W [..., N, K] ->

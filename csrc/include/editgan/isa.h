@@ -29,6 +29,17 @@ Isa active_isa();  // the branch the kernels run now
 #endif
 #define EG_ALWAYS_INLINE __attribute__((always_inline)) inline  // so each variant compiles the body for its ISA
 
+// NAME (PARAMS) calling NAME_avx512 / NAME_avx2 / NAME_portable, as the active ISA says. The template header
+// comes last, variadic: expanded from a caller's argument, it may hold commas (`template <typename A, typename B>`).
+#define EG_ISA_DISPATCH(RET, NAME, PARAMS, ARGS, ...)   \
+  __VA_ARGS__ RET NAME PARAMS {                           \
+    switch (editgan::active_isa()) {                      \
+      case editgan::Isa::Avx512: return NAME##_avx512 ARGS; \
+      case editgan::Isa::Avx2: return NAME##_avx2 ARGS;   \
+      default: return NAME##_portable ARGS;               \
+    }                                                     \
+  }
+
 // Given an always-inline NAME_body, defines NAME (same parameters) running NAME_body compiled for the active
 // ISA. TEMPLATE: `template <typename T>` or empty; PARAMS / ARGS: the parenthesized parameter and argument
 // lists (the template arguments must be deducible from ARGS).
@@ -36,10 +47,12 @@ Isa active_isa();  // the branch the kernels run now
   TEMPLATE EG_TARGET_AVX512 RET NAME##_avx512 PARAMS { return NAME##_body ARGS; } \
   TEMPLATE EG_TARGET_AVX2 RET NAME##_avx2 PARAMS { return NAME##_body ARGS; }     \
   TEMPLATE RET NAME##_portable PARAMS { return NAME##_body ARGS; }                \
-  TEMPLATE RET NAME PARAMS {                                                    \
-    switch (editgan::active_isa()) {                                            \
-      case editgan::Isa::Avx512: return NAME##_avx512 ARGS;                     \
-      case editgan::Isa::Avx2: return NAME##_avx2 ARGS;                         \
-      default: return NAME##_portable ARGS;                                     \
-    }                                                                           \
-  }
+  EG_ISA_DISPATCH(RET, NAME, PARAMS, ARGS, TEMPLATE)
+
+// The same for a body written with explicit vectors, `template <int L, ...> NAME_body`, L the float lanes of
+// one vector: 16 on AVX-512, 8 elsewhere (the portable build splits 8 into SSE halves).
+#define EG_LANE_VARIANTS(TEMPLATE, RET, NAME, PARAMS, ARGS)                          \
+  TEMPLATE EG_TARGET_AVX512 RET NAME##_avx512 PARAMS { return NAME##_body<16> ARGS; } \
+  TEMPLATE EG_TARGET_AVX2 RET NAME##_avx2 PARAMS { return NAME##_body<8> ARGS; }      \
+  TEMPLATE RET NAME##_portable PARAMS { return NAME##_body<8> ARGS; }                 \
+  EG_ISA_DISPATCH(RET, NAME, PARAMS, ARGS, TEMPLATE)
