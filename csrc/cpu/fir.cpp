@@ -10,6 +10,7 @@
 //   zero. Its adjoint (Python's backward) is fir_separable with the taps reversed, sampled every up-th output.
 //   Used for ToRGB's skip upsampling: 3 channels, where ATen's depthwise transposed convolution spent ~90-140 us
 //   a call on overhead (4 calls per synthesis of the bundled model).
+// Both also run the upfirdn2d op for separable filters without downsampling (ops/_cpu_layers.py).
 // g holds the taps already flipped and scaled (the caller decides convolution vs correlation and the gain).
 // bf16 input (the bf16 mode's transposed convolution run natively in bf16) is widened to float32 as each row is
 // copied in; the taps, the arithmetic and the output are float32: the documented bf16 -> fp32 boundary of the

@@ -466,7 +466,6 @@ def upfirdn2d_cpu(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1.0):
     else:
         xx = F.pad(xx, [px0, px1, py0, py1])
         out = F.conv2d(xx, f.expand(c, 1, fh, fw).contiguous(), stride=down, groups=c)
-    store = _storage_dtype(x)
     return out.to(store) if store != out.dtype else out
 
 
