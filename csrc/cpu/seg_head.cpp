@@ -751,15 +751,14 @@ void forward_tile(const Head& hd, const Bases& bases, int64_t n, int64_t ti, Scr
   const int64_t p0 = ti * hd.tile, T = std::min(hd.tile, hd.npix - p0);
   at::Tensor h = sc.h.narrow(0, 0, T);
   at::Tensor z = hidden_layers<scalar_t>(hd, bases, p0, T, h, sc);
-  const at::Tensor zt = z.transpose(0, 1).reshape({T, hd.E * hd.H2});  // [T, E*H2], a view when packed
+  // [T, E*H2], contiguous: a view of the packed layer's [T, E, H2], else a copy of the batched product's rows.
+  const at::Tensor zt = z.transpose(0, 1).reshape({T, hd.E * hd.H2});
   if constexpr (std::is_same_v<scalar_t, float>) {
-    if (zt.is_contiguous()) {
-      mean_logits(out[n].data_ptr<float>() + p0, hd.npix, hd.b3mean.data_ptr<float>(), zt.data_ptr<float>(), T,
-                  hd.E * hd.H2, hd.w3s.data_ptr<float>(), hd.C);
-      return;
-    }
+    mean_logits(out[n].data_ptr<float>() + p0, hd.npix, hd.b3mean.data_ptr<float>(), zt.data_ptr<float>(), T,
+                hd.E * hd.H2, hd.w3s.data_ptr<float>(), hd.C);
+  } else {
+    out[n].narrow(1, p0, T).copy_(at::addmm(hd.b3mean, zt, hd.w3s.t()).t());
   }
-  out[n].narrow(1, p0, T).copy_(at::addmm(hd.b3mean, zt, hd.w3s.t()).t());
 }
 
 // Work split over the threads: while at least as many images remain as there are threads, each thread takes
