@@ -32,26 +32,36 @@ def content(g):
 """
 
 # One interpreter (imports take seconds) forks a fresh writer process per kill: the child rewrites every file in
-# a loop (generations 1, 0, 1, ...) until its parent SIGKILLs it after the delay the test sends.
+# a loop (generations 1, 0, 1, ...) until its parent SIGKILLs it after the delay the test sends. Before that it
+# times one round of writes (into a scratch folder) and reports it: the test scales its delays to this
+# machine's speed, so that kills land in the first round (files of both generations) and in the second.
 WRITER = CONTENT + """
-import os, signal, sys, time
+import os, shutil, signal, sys, tempfile, time
 from pathlib import Path
 from editgan_fast import io
 torch.set_num_threads(1)  # no thread pool in the parent: the forked writers use torch safely
 out = Path(sys.argv[1])
 generations = [content(1), content(0)]
-print("ready", flush=True)
+
+def write(folder, files):
+    library, latent, image, labels = files
+    library.save(folder / "lib.safetensors")
+    library.save(folder / "lib.npz")
+    io.save_latent(folder / "w.npy", latent)
+    io.save_image(folder / "image.png", image)
+    io.save_labels(folder / "labels.png", labels)
+
+scratch = Path(tempfile.mkdtemp())
+start = time.perf_counter()
+write(scratch, generations[0])
+print("ready", time.perf_counter() - start, flush=True)
+shutil.rmtree(scratch)
 for command in sys.stdin:
     delay = float(command)
     pid = os.fork()
     if pid == 0:
         for step in range(10 ** 9):
-            library, latent, image, labels = generations[step % 2]
-            library.save(out / "lib.safetensors")
-            library.save(out / "lib.npz")
-            io.save_latent(out / "w.npy", latent)
-            io.save_image(out / "image.png", image)
-            io.save_labels(out / "labels.png", labels)
+            write(out, generations[step % 2])
     time.sleep(delay)
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
@@ -101,9 +111,10 @@ def test_killed_writers_leave_old_or_new_files(tmp_path):
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     try:
-        assert writer.stdout.readline().strip() == "ready"
-        for kill in range(KILLS):
-            writer.stdin.write(f"{rng.uniform(0.0, 0.3)}\n")
+        ready, round_s = writer.stdout.readline().split()
+        assert ready == "ready"
+        for kill in range(KILLS):  # within the first 2.5 rounds of writes, wherever they fall on this machine
+            writer.stdin.write(f"{rng.uniform(0.0, 2.5 * float(round_s))}\n")
             writer.stdin.flush()
             assert writer.stdout.readline().strip() == "killed"
             fuzzing.COUNTS["writer kills"] += 1
