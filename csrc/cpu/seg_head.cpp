@@ -249,12 +249,12 @@ EG_INLINE void mean_logits_body(float* out, int64_t ldo, const float* bias, cons
       for (int c = 0; c < CB; ++c) wr[c] = w + (c0 + std::min(c, classes - 1)) * K;  // so does a class
       f acc[PB][CB] = {};
       for (int64_t k = 0; k < kv; k += L) {
-        const f z0 = V::load(zr[0] + k), z1 = V::load(zr[1] + k);
+        f zv[PB];
+        for (int p = 0; p < PB; ++p) zv[p] = V::load(zr[p] + k);
 #pragma GCC unroll 6
         for (int c = 0; c < CB; ++c) {
           const f wc = V::load(wr[c] + k);
-          acc[0][c] += z0 * wc;
-          acc[1][c] += z1 * wc;
+          for (int p = 0; p < PB; ++p) acc[p][c] += zv[p] * wc;
         }
       }
       for (int p = 0; p < pixels; ++p)
