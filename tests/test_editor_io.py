@@ -97,6 +97,22 @@ def test_labels_png_decodes_to_the_same_ids_and_palette(h, w):
         io.labels_png(torch.full((h, w), -1))
 
 
+def test_batch_encoders_equal_the_per_image_ones():
+    """image_pngs / labels_pngs (one 8-bit conversion for a batch, as the renderer encodes its frames) give each
+    row's own image_png / labels_png bytes; wrong ranks and out-of-range ids are refused by name."""
+    images = torch.rand(5, 3, 9, 7) * 2.2 - 1.1
+    labels = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (5, 6, 4)))
+    assert io.image_pngs(images) == [io.image_png(image) for image in images]
+    assert io.labels_pngs(labels) == [io.labels_png(map_) for map_ in labels]
+    np.testing.assert_array_equal(io.images_to_uint8(images)[2], io.image_to_uint8(images[2]))
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        io.image_pngs(images[0])
+    with pytest.raises(ValueError, match=r"\[B, H, W\]"):
+        io.labels_pngs(labels[0])
+    with pytest.raises(ValueError, match="0..255"):
+        io.labels_pngs(labels - 1)
+
+
 def test_fit_to_resolution_letterboxes_and_says_so():
     image = torch.rand(3, 20, 40) * 2 - 1
     out, note = io.fit_to_resolution(image, 16)

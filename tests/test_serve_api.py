@@ -14,7 +14,7 @@ from PIL import Image
 from editgan_fast import io
 from editgan_fast.editor import EditVector, default_editor
 from editgan_fast.editor.demo import paint_enlarge
-from editgan_fast.serve import Limits, create_app
+from editgan_fast.serve import Limits, codec, create_app
 
 pytest.importorskip("fastapi")
 with warnings.catch_warnings():  # starlette's notice that it prefers httpx2
@@ -464,29 +464,36 @@ def test_renderer_coalesces_and_batches(editor):
         await asyncio.sleep(0.2)  # "a" is in the (gated) synthesis now
         stale = asyncio.create_task(renderer.render("b", latents[1], {vector: 0.1}))
         await asyncio.sleep(0)
-        tasks = [asyncio.create_task(renderer.render("b", latents[1], {vector: 0.9})),
+        tasks = [asyncio.create_task(renderer.render("b", latents[1], {vector: 0.9}, encode=True)),
                  asyncio.create_task(renderer.render("image-only", latents[0], {vector: 0.3}, labels=False)),
-                 asyncio.create_task(renderer.render("c", latents[2], {vector: [0.0, 2.0]}))]
+                 asyncio.create_task(renderer.render("c", latents[2], {vector: [0.0, 2.0]})),
+                 asyncio.create_task(renderer.render("d", latents[0], {vector: -0.4}, encode=True))]
         await asyncio.sleep(0.05)
         gated.gate.set()
-        results = await asyncio.gather(first, tasks[0], tasks[2], tasks[1])
+        results = await asyncio.gather(first, tasks[0], tasks[2], tasks[1], tasks[3])
         with pytest.raises(Superseded):
             await stale
         await renderer.stop()
         return results, renderer.stats()
 
-    (a, b, c, image_only), stats = asyncio.run(scenario())
-    # "a" alone; then b and c (labels) in one synthesis; the image-only request in its own.
-    assert gated.calls == [(1, True), (2, True), (1, False)]
-    assert stats["superseded"] == 1 and stats["max_batch_rows"] == 3
+    (a, b, c, image_only, d), stats = asyncio.run(scenario())
+    # "a" alone; then b, c and d (labels) in one synthesis; the image-only request in its own.
+    assert gated.calls == [(1, True), (3, True), (1, False)]
+    assert stats["superseded"] == 1 and stats["max_batch_rows"] == 4
     assert image_only.result.labels is None
     torch.testing.assert_close(image_only.result.image, editor.apply(latents[0], {vector: 0.3}).image,
                                atol=2e-5, rtol=0)
-    assert (b.batch_rows, c.batch_rows) == (3, 3)
-    for frame, (latent, scales) in zip((a, b, c), [(latents[0], 1.0), (latents[1], 0.9), (latents[2], [0.0, 2.0])]):
+    assert (b.batch_rows, c.batch_rows, d.batch_rows) == (4, 4, 4)
+    assert a.encoded is None and c.encoded is None  # PNG fields only where asked for (b and d, rows 0 and 3)
+    for frame, (latent, scales) in zip((a, b, c, d), [(latents[0], 1.0), (latents[1], 0.9), (latents[2], [0.0, 2.0]),
+                                                      (latents[0], -0.4)]):
         want = editor.apply(latent, {vector: scales})
         torch.testing.assert_close(frame.result.image, want.image, atol=2e-5, rtol=0)
         assert torch.equal(frame.result.labels, want.labels)
+        if frame.encoded is not None:
+            assert frame.encoded == codec.frame(frame.result.image, frame.result.labels)
+            shown = np.asarray(Image.open(_io.BytesIO(base64.b64decode(frame.encoded["image"])))).astype(int)
+            assert np.abs(shown - np.asarray(io.tensor_to_pil(want.image)).astype(int)).max() <= 1
 
 
 def test_renderer_waits_for_the_other_active_streams(editor):

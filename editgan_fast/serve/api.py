@@ -77,7 +77,7 @@ def build_router(service) -> APIRouter:
     async def encoded(result) -> list[dict]:
         images = result.image if result.image.ndim == 4 else result.image[None]
         labels = result.labels if result.labels.ndim == 3 else result.labels[None]
-        return await asyncio.to_thread(lambda: [codec.frame(i, l) for i, l in zip(images, labels)])
+        return await asyncio.to_thread(codec.frames, images, labels)
 
     # ------------------------------------------------------------------------------------ model and service
     @router.get("/info", summary="the served model and the server's limits")

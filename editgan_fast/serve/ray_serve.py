@@ -27,10 +27,8 @@ from ray.serve.config import RequestRouterConfig
 # Serve's default router (power of two choices), which ReplicaAffinityRouter extends; not re-exported publicly
 from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
 
-from ..editor import Result
 from .app import create_app
-from . import codec
-from .renderer import Frame, Superseded, rows_of
+from .renderer import Frame, Superseded, rows_of, split_frames
 
 DEFAULT_MAX_BATCH = 16
 DEFAULT_WAIT_S = 0.01
@@ -119,16 +117,7 @@ class ServeBatchRenderer:
         total = sum(rows for rows, _ in shapes)
         self.batch_sizes[len(items)] += 1
         self.max_rows_seen = max(self.max_rows_seen, total)
-        frames, offset = [], 0
-        for (rows, batched), encoded in zip(shapes, encode):
-            image = result.image[offset:offset + rows].cpu()
-            label_maps = None if result.labels is None else result.labels[offset:offset + rows].cpu()
-            offset += rows
-            if not batched:
-                image, label_maps = image[0], None if label_maps is None else label_maps[0]
-            frames.append(Frame(Result(image, label_maps), total, seconds,
-                                codec.frame(image, label_maps) if encoded else None))
-        return frames
+        return split_frames(result, shapes, encode, seconds)
 
 
 AFFINITY_HEADER = "x-editgan-replica"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +34,8 @@ class Superseded(EditGANFastError):
 class Frame:
     """One request's result (rows of a batch of scales stay stacked, as `Editor.apply` returns them), the
     number of rows in the synthesis that produced it, that synthesis's duration, and, when asked for, the
-    result as base64 PNG fields (codec.frame), made in the render thread: no further thread hand-over."""
+    result as base64 PNG fields (codec.frames, once for the batch), made in the render thread: no further
+    thread hand-over."""
     result: Result
     batch_rows: int
     synthesis_s: float
@@ -170,15 +172,36 @@ class BatchingRenderer:
         self.batches += 1
         self.frames += len(batch)
         self.max_rows_seen = max(self.max_rows_seen, rows)
-        offset = 0
-        for r in batch:
-            image = result.image[offset:offset + r.rows].cpu()
-            labels = None if result.labels is None else result.labels[offset:offset + r.rows].cpu()
-            offset += r.rows
-            if not r.batched:
-                image, labels = image[0], None if labels is None else labels[0]
-            frame = Frame(Result(image, labels), rows, seconds, codec.frame(image, labels) if r.encode else None)
-            loop.call_soon_threadsafe(_settle, r.future, frame, None)
+        frames = split_frames(result, [(r.rows, r.batched) for r in batch], [r.encode for r in batch], seconds)
+        # One hand-over for the batch, after all its encoding: a frame settled as soon as it is made wakes the
+        # event loop, whose thread then contends for the GIL with this one (16 frames: ~3.5 ms a batch more).
+        loop.call_soon_threadsafe(_settle_all, list(zip((r.future for r in batch), frames)))
+
+
+def split_frames(result: Result, shapes: list, encode: list, seconds: float) -> list[Frame]:
+    """The frames of one synthesis: one per request, in order, given each request's (rows, whether a batch of
+    scales was asked for) in `shapes`; the requests flagged in `encode` (one row each) also get their PNG fields,
+    the whole batch converted at once (codec.frames)."""
+    images = result.image.cpu()
+    label_maps = None if result.labels is None else result.labels.cpu()
+    total = sum(rows for rows, _ in shapes)
+    starts = list(itertools.accumulate((rows for rows, _ in shapes), initial=0))
+    wanted = [start for start, flag in zip(starts, encode) if flag]
+    encoded = iter(codec.frames(images[wanted], None if label_maps is None else label_maps[wanted])
+                   if wanted else ())
+    frames = []
+    for start, (rows, batched), flag in zip(starts, shapes, encode):
+        image = images[start:start + rows]
+        labels = None if label_maps is None else label_maps[start:start + rows]
+        if not batched:
+            image, labels = image[0], None if labels is None else labels[0]
+        frames.append(Frame(Result(image, labels), total, seconds, next(encoded) if flag else None))
+    return frames
+
+
+def _settle_all(settled: list) -> None:
+    for future, frame in settled:
+        _settle(future, frame, None)
 
 
 def _settle(future: asyncio.Future, value, error) -> None:
