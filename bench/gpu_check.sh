@@ -13,6 +13,8 @@
 #             editgan_fast/ops/gpu_choice.json (the backend `auto` picks per operator on CUDA), copied to OUTDIR
 #   cuda      every `gpu` and `nvcc` test (the CUDA kernels against the reference, their sm_80/sm_90 builds)
 #   graphs    `apply` replayed from CUDA graphs equals eager `apply` (triton and cuda backends) and is faster
+#   serve batching  the edit loop's batching on CUDA: K = 1, 4, 16 in-process clients of the service's renderer
+#             (bench/serve.py --in-process: frames/s at K = 16 against K = 1, issue 12's target; no web stack)
 #   bench     the same at a 1024 px face configuration (18 maps, 34 classes), fp32 and bf16
 # A test that skips counts as a failure (EDITGAN_FAST_REQUIRE_GPU=1 turns the GPU tests' skips into failures,
 # and pytest's summary line is checked for any other). OUTDIR/gpu-check.md, the report, is written as the steps
@@ -198,6 +200,7 @@ step cuda 120 pytest_strict -m "gpu or nvcc" --deselect tests/test_triton_aot.py
     tests/test_cuda_backend.py tests/test_cuda_compile.py tests/test_cuda_emulated.py tests/test_triton_aot.py
 # Its own process: Triton compiled for the GPU (another test module may switch on the interpreter at import).
 step graphs 90 pytest_strict -m gpu tests/test_editor_graphs.py
+step "serve batching" 75 "$PY" bench/serve.py --in-process --device cuda --seconds 3 --markdown "$REPORT"
 step "bench face1024 fp32" 90 bench face1024 float32
 step "bench face1024 bf16" 90 bench face1024 bfloat16
 finish

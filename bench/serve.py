@@ -3,12 +3,16 @@ on the bundled model, next to `Editor.apply` called directly in the same run; fo
 (the default) and of the image alone (what the page streams while a slider moves).
 
     OMP_NUM_THREADS=2 python bench/serve.py [--seconds S] [--clients 1,4,16] [--json out/bench_serve.json]
+    python bench/serve.py --in-process [--device cuda] [--markdown report.md]
 
 The server is `editgan-fast serve` in a subprocess on 127.0.0.1 (its own interpreter, as deployed). It and
 the direct measurement run with the same threading: OMP_NUM_THREADS (default 2) set before torch is imported,
 the editor called from a worker thread (the server's renderer thread; OpenMP's settings are per thread). Targets: stream overhead at K = 1 (p50) <= 15 % of apply's p50; K = 16
 total frames/s >= 3x K = 1 (batching). Each frame also carries the server's own timing, so the table splits
-the server's time into the synthesis and the rest (queueing, PNG/base64 encoding, thread hand-overs)."""
+the server's time into the synthesis and the rest (queueing, PNG/base64 encoding, thread hand-overs).
+`--in-process`: the same K clients drive the service's BatchingRenderer in this process (frames encoded as the
+stream's, no HTTP/websocket, no server process) on `--device`: the batching's own ratio, on any device, with no
+web stack installed (the GPU check runs it on CUDA)."""
 from __future__ import annotations
 
 import argparse
@@ -25,12 +29,11 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")  # before torch is imported; the server subprocess inherits it
 
-import httpx  # noqa: E402
 import torch  # noqa: E402
 
 from editgan_fast.editor import EditVector, default_editor  # noqa: E402
-from editgan_fast.serve.load import create_sessions, run_load, slider_positions  # noqa: E402
-from editgan_fast.serve.local import free_port  # noqa: E402
+from editgan_fast.serve.load import create_sessions, run_load, run_local_load, slider_positions  # noqa: E402
+from editgan_fast.serve.renderer import BatchingRenderer  # noqa: E402
 
 START_TIMEOUT_S = 120
 
@@ -48,12 +51,16 @@ def time_apply(editor, latent, vector, seconds, labels):
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline or len(times) < 5:
         start = time.perf_counter()
-        editor.apply_many([(latent, {vector: next(positions)})], labels=labels)
+        result = editor.apply_many([(latent, {vector: next(positions)})], labels=labels)
+        result.image.cpu(), None if result.labels is None else result.labels.cpu()  # on the host, as a frame's
         times.append(time.perf_counter() - start)
     return times
 
 
 def start_server(library):
+    import httpx  # the web stack only where a server is measured: --in-process runs without it
+
+    from editgan_fast.serve.local import free_port
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "editgan_fast.cli", "serve", "--quiet", "--port", str(port),
                                 "--library", str(library)])
@@ -74,66 +81,108 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each measurement")
     parser.add_argument("--clients", default="1,4,16")
+    parser.add_argument("--in-process", action="store_true",
+                        help="in-process clients of the batching renderer instead of a server over websockets")
+    parser.add_argument("--device", default="cpu", help="where the editor runs (--in-process only)")
     parser.add_argument("--json", help="also write the numbers here")
+    parser.add_argument("--markdown", help="also append the table to this Markdown file")
     args = parser.parse_args(argv)
+    if args.device != "cpu" and not args.in_process:
+        parser.error("--device is for --in-process (the server takes its own --device)")
     clients = [int(k) for k in args.clients.split(",")]
-    editor = default_editor(progress=False)
+    editor = default_editor(progress=False, device=args.device)
     g = editor.generator
     vector = EditVector(0.3 * torch.randn(g.num_ws, g.style_dim, generator=torch.Generator().manual_seed(1)), (5,),
                         "slide", editor.fingerprint)
+    measure = measure_in_process if args.in_process else measure_server
+    rows = []
+    for labels, mode in ((True, "image + labels"), (False, "image only")):
+        with ThreadPoolExecutor(1) as worker:
+            times = worker.submit(time_apply, editor, editor.sample(1000), vector, args.seconds, labels).result()
+        rows.append({"what": f"Editor.apply, {mode}", "p50_ms": percentile_ms(times, 50),
+                     "p99_ms": percentile_ms(times, 99), "frames_per_s": len(times) / sum(times), "batch_rows": 1})
+        rows += measure(editor, vector, clients, args.seconds, labels, mode)
+    transport = "in-process" if args.in_process else "stream"
+    lines = report(rows, clients, transport)
+    print("\n".join(lines))
+    if args.markdown:
+        with open(args.markdown, "a") as f:
+            f.write(f"\n#### bench/serve.py: the edit loop's batching, {transport}, on {editor.device}\n\n"
+                    + "\n".join(lines) + "\n")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+def load_row(what, result):
+    return {"what": what, "p50_ms": result.percentile_ms(50), "p99_ms": result.percentile_ms(99),
+            "frames_per_s": result.frames_per_s, "batch_rows": result.mean_batch_rows,
+            "synthesis_ms": result.median_ms("synthesis_ms"), "server_overhead_ms": result.median_ms("overhead_ms")}
+
+
+def measure_server(editor, vector, clients, seconds, labels, mode):
+    """K websocket clients of `editgan-fast serve` in a subprocess, K in `clients`: a row each."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         vector.save(Path(tmp) / "library" / "slide.npz")
         process, url = start_server(Path(tmp) / "library")
         try:
             sessions = create_sessions(url, max(clients))
-            for labels in (True, False):  # warm-up: one client, then the largest batch, in both modes
-                asyncio.run(run_load(url, sessions[:1], "slide", 1.0, labels=labels))
-                asyncio.run(run_load(url, sessions, "slide", 1.0, labels=labels))
-            for labels, mode in ((True, "image + labels"), (False, "image only")):
-                with ThreadPoolExecutor(1) as worker:
-                    times = worker.submit(time_apply, editor, editor.sample(1000), vector, args.seconds,
-                                          labels).result()
-                rows.append({"what": f"Editor.apply, {mode}", "p50_ms": percentile_ms(times, 50),
-                             "p99_ms": percentile_ms(times, 99), "frames_per_s": len(times) / sum(times),
-                             "batch_rows": 1})
-                for k in clients:
-                    result = asyncio.run(run_load(url, sessions[:k], "slide", args.seconds, labels=labels))
-                    rows.append({"what": f"stream K={k}, {mode}", "p50_ms": result.percentile_ms(50),
-                                 "p99_ms": result.percentile_ms(99), "frames_per_s": result.frames_per_s,
-                                 "batch_rows": result.mean_batch_rows,
-                                 "synthesis_ms": result.median_ms("synthesis_ms"),
-                                 "server_overhead_ms": result.median_ms("overhead_ms")})
+            warm = min(1.0, seconds)  # warm-up: one client, then all
+            asyncio.run(run_load(url, sessions[:1], "slide", warm, labels=labels))
+            asyncio.run(run_load(url, sessions, "slide", warm, labels=labels))
+            for k in clients:
+                rows.append(load_row(f"stream K={k}, {mode}",
+                                     asyncio.run(run_load(url, sessions[:k], "slide", seconds, labels=labels))))
         finally:
             process.terminate()
             process.wait(timeout=30)
-    report(rows, clients)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return rows
 
 
-def report(rows, clients):
-    print("| per frame | p50 ms | p99 ms | frames/s (all clients) | mean batch rows | server: synthesis ms | "
-          "server: overhead ms |")
-    print("|---|---|---|---|---|---|---|")
+def measure_in_process(editor, vector, clients, seconds, labels, mode):
+    """K in-process clients of a BatchingRenderer on `editor` (each its own latent), K in `clients`: a row each."""
+    latents = [editor.sample(1000 + i) for i in range(max(clients))]
+
+    async def loads():
+        renderer = BatchingRenderer(editor)
+        await renderer.start()
+        try:
+            warm = min(1.0, seconds)  # warm-up: one client, then all
+            await run_local_load(renderer, latents[:1], vector, warm, labels)
+            await run_local_load(renderer, latents, vector, warm, labels)
+            return [load_row(f"in-process K={k}, {mode}",
+                             await run_local_load(renderer, latents[:k], vector, seconds, labels)) for k in clients]
+        finally:
+            await renderer.stop()
+
+    return asyncio.run(loads())
+
+
+def report(rows, clients, transport):
+    """The table and the targets' verdicts, as lines."""
+    lines = ["| per frame | p50 ms | p99 ms | frames/s (all clients) | mean batch rows | server: synthesis ms | "
+             "server: overhead ms |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         inside = (f"{r['synthesis_ms']:.1f} | {r['server_overhead_ms']:.1f}" if "synthesis_ms" in r else "- | -")
-        print(f"| {r['what']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['frames_per_s']:.1f} | "
-              f"{r['batch_rows']:.2f} | {inside} |")
+        lines.append(f"| {r['what']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['frames_per_s']:.1f} | "
+                     f"{r['batch_rows']:.2f} | {inside} |")
     by_name = {r["what"]: r for r in rows}
     for mode in ("image + labels", "image only"):
-        apply, one = by_name[f"Editor.apply, {mode}"], by_name.get(f"stream K=1, {mode}")
+        apply, one = by_name[f"Editor.apply, {mode}"], by_name.get(f"{transport} K=1, {mode}")
         if one:
             overhead = one["p50_ms"] / apply["p50_ms"] - 1
-            print(f"{mode}: stream overhead at K=1 (p50) {100 * overhead:+.1f} % of apply (target <= 15 %): "
-                  f"{'met' if overhead <= 0.15 else 'MISSED'}; inside the server "
-                  f"{one['server_overhead_ms']:.1f} ms per frame besides a {one['synthesis_ms']:.1f} ms synthesis")
-        many = by_name.get(f"stream K={max(clients)}, {mode}")
+            lines.append(f"{mode}: {transport} overhead at K=1 (p50) {100 * overhead:+.1f} % of apply (target <= "
+                         f"15 %): {'met' if overhead <= 0.15 else 'MISSED'}; inside the server "
+                         f"{one['server_overhead_ms']:.1f} ms per frame besides a {one['synthesis_ms']:.1f} ms "
+                         f"synthesis")
+        many = by_name.get(f"{transport} K={max(clients)}, {mode}")
         if one and many and many is not one:
             ratio = many["frames_per_s"] / one["frames_per_s"]
-            print(f"{mode}: frames/s K={max(clients)} / K=1 {ratio:.2f}x (target >= 3x): "
-                  f"{'met' if ratio >= 3 else 'MISSED'}")
+            lines.append(f"{mode}: frames/s K={max(clients)} / K=1 {ratio:.2f}x (target >= 3x): "
+                         f"{'met' if ratio >= 3 else 'MISSED'}")
+    return lines
+
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,9 @@
-"""A load generator for the edit stream: K websocket clients, each on its own session, moving a slider for a
-fixed time on a running server. Closed loop: a client sends its next scale when the frame of the previous one
-arrived, so per-frame latency is the round trip of one slider move. Every wait is bounded."""
+"""A load generator for the edit stream: K clients, each on its own latent, moving a slider for a fixed time.
+Closed loop: a client asks for its next scale when the frame of the previous one arrived, so per-frame latency
+is the round trip of one slider move. Every wait is bounded. Two transports:
+- `run_load`: websocket clients of a running server (the service as deployed);
+- `run_local_load`: in-process clients of a BatchingRenderer (the batching alone, no HTTP or websocket), which
+  needs no web stack: the GPU check measures the batching with it where FastAPI is not installed."""
 from __future__ import annotations
 
 import asyncio
@@ -9,9 +12,6 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field
-
-import httpx
-import websockets
 
 RECEIVE_TIMEOUT_S = 120.0
 
@@ -76,6 +76,7 @@ def slider_positions(client: int):
 
 
 async def _client(ws_url: str, vector: str, client: int, deadline: float, labels: bool) -> ClientRun:
+    import websockets  # here, not at the top: run_local_load runs without the web clients installed
     run = ClientRun()
     positions = slider_positions(client)
     async with websockets.connect(ws_url, max_size=8 << 20, open_timeout=RECEIVE_TIMEOUT_S) as ws:
@@ -100,6 +101,7 @@ async def _client(ws_url: str, vector: str, client: int, deadline: float, labels
 
 
 def create_sessions(base_url: str, count: int) -> list[str]:
+    import httpx  # here, not at the top: run_local_load runs without the web clients installed
     with httpx.Client(base_url=base_url, timeout=RECEIVE_TIMEOUT_S) as http:
         ids = []
         for i in range(count):
@@ -119,3 +121,32 @@ async def run_load(base_url: str, sessions: list[str], vector: str, seconds: flo
     runs = await asyncio.gather(*(_client(f"{ws_base}/api/v1/sessions/{sid}/stream", vector, i, deadline, labels)
                                   for i, sid in enumerate(sessions)))
     return LoadResult(len(sessions), time.perf_counter() - start, list(runs))
+
+
+async def _local_client(renderer, latent, vector, client: int, deadline: float, labels: bool) -> ClientRun:
+    run = ClientRun()
+    positions = slider_positions(client)
+    key = object()
+    while time.perf_counter() < deadline:
+        scale = next(positions)
+        sent = time.perf_counter()
+        frame = await asyncio.wait_for(renderer.render(key, latent, {vector: scale}, labels=labels, encode=True),
+                                       RECEIVE_TIMEOUT_S)
+        elapsed = time.perf_counter() - sent
+        run.latencies_s.append(elapsed)
+        run.batch_rows.append(frame.batch_rows)
+        run.synthesis_ms.append(frame.synthesis_s * 1e3)
+        run.server_ms.append(elapsed * 1e3)  # in process, the client's round trip is all "server"
+        run.last_frame, run.last_scale = frame, scale
+    return run
+
+
+async def run_local_load(renderer, latents: list, vector, seconds: float, labels: bool = True) -> LoadResult:
+    """One in-process client per latent on a started renderer (a BatchingRenderer or a drop-in), all moving
+    `vector`'s (an EditVector) slider for `seconds`; each frame is encoded as the stream's (PNG fields), so
+    what is left out against `run_load` is only the HTTP/websocket transport and the client process."""
+    start = time.perf_counter()
+    deadline = start + seconds
+    runs = await asyncio.gather(*(_local_client(renderer, latent, vector, i, deadline, labels)
+                                  for i, latent in enumerate(latents)))
+    return LoadResult(len(latents), time.perf_counter() - start, list(runs))
