@@ -317,6 +317,21 @@ def test_inference_route_partial_tiles_and_float64(monkeypatch, two_threads, til
     assert calls == [3, 3]
 
 
+@pytest.mark.parametrize("tile", [3, 40])
+def test_inference_route_one_image_split_by_tiles(monkeypatch, two_threads, tile):
+    """One image (the real-time path) on two threads: its projections run first, then its tiles are split
+    between the threads; a full crop and a scattered region, whose tiles start and end mid-row, both equal the
+    reference."""
+    monkeypatch.setattr(_cpu_seg, "TILE_PIXELS", tile)
+    calls = spy_inference(monkeypatch)
+    feats, mlps = random_case(SIZES, CHANNELS, batch=1, members=3, widths=PACKED_WIDTHS, seed=23)
+    region = regions((16, 19), torch.Generator().manual_seed(5))["scattered"]
+    for kw in (dict(crop=None), dict(crop=(2, 18, 1, 20), region=region)):
+        want = reference64(feats, mlps, (20, 20), mode="bilinear", **kw)
+        assert rel_err(run("cpu", feats, mlps, (20, 20), mode="bilinear", **kw), want) < FP32_BOUND
+    assert calls == [1, 1]
+
+
 def test_inference_route_regions_and_fallbacks(monkeypatch):
     """A region takes the inference route too (its plan is not cached); projections over LAZY_BYTES and the
     bf16 mode take the Function's route."""
