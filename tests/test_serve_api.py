@@ -527,6 +527,49 @@ def test_renderer_waits_for_the_other_active_streams(editor):
     assert solo == [1, 1, 1] and rounds == [2, 2, 2, 2] and pair == [2, 2] and alone == 1
 
 
+class SlowEditor(GatedEditor):
+    """A synthesis that takes `seconds` (longer than the renderer's active_s), as 16 labelled frames on a slow
+    host."""
+
+    def __init__(self, editor, seconds):
+        super().__init__(editor)
+        self.gate.set()
+        self.seconds = seconds
+
+    def apply_many(self, items, labels=True):
+        time.sleep(self.seconds)
+        return super().apply_many(items, labels)
+
+
+def test_renderer_keeps_streams_active_across_slow_syntheses(editor):
+    """With syntheses slower than active_s, a stream's requests come further apart than active_s: it must still
+    count as active (within two syntheses' time), or clients split over two batches never merge again. Here "b"
+    asks 0.1 s after "a", 0.4 s after its previous request: "a" waits for it and they share one synthesis."""
+    import asyncio
+    from editgan_fast.serve.renderer import BatchingRenderer
+
+    vector = EditVector(0.2 * torch.randn(editor.generator.num_ws, editor.generator.style_dim), (MOUTH,), "v",
+                        editor.fingerprint)
+    latent = editor.sample(5)
+    slow = SlowEditor(editor, 0.3)
+
+    async def scenario():
+        renderer = BatchingRenderer(slow, max_batch=16, gather_s=5.0, active_s=0.05)
+        await renderer.start()
+        render = lambda key, scale: asyncio.wait_for(renderer.render(key, latent, {vector: scale}), 20)
+        for scale in (0.1, 0.2):  # both streams asked twice, together
+            await asyncio.gather(render("a", scale), render("b", scale))
+        a = asyncio.create_task(render("a", 0.3))
+        await asyncio.sleep(0.1)
+        b = await render("b", 0.4)
+        rows = [(await a).batch_rows, b.batch_rows]
+        await renderer.stop()
+        return rows
+
+    assert asyncio.run(scenario()) == [2, 2]
+    assert slow.calls[-1] == (2, True)
+
+
 def test_editor_caches_under_concurrent_threads(editor):
     """The server's threads (renderer, jobs, request handlers) share one editor: concurrent applies on fresh
     latents and vectors fill its style caches without a lost or mixed entry."""
