@@ -7,9 +7,13 @@ on the bundled model, next to `Editor.apply` called directly in the same run; fo
 
 The server is `editgan-fast serve` in a subprocess on 127.0.0.1 (its own interpreter, as deployed). It and
 the direct measurement run with the same threading: OMP_NUM_THREADS (default 2) set before torch is imported,
-the editor called from a worker thread (the server's renderer thread; OpenMP's settings are per thread). Targets: stream overhead at K = 1 (p50) <= 15 % of apply's p50; K = 16
-total frames/s >= 3x K = 1 (batching). Each frame also carries the server's own timing, so the table splits
-the server's time into the synthesis and the rest (queueing, PNG/base64 encoding, thread hand-overs).
+the editor called from a worker thread (the server's renderer thread; OpenMP's settings are per thread).
+Targets: stream overhead at K = 1 (p50) <= 15 % of apply's p50; K = 16 total frames/s >= 3x K = 1 (batching).
+Each frame also carries the server's own timing, so the table splits the server's time into the synthesis and
+the rest (queueing, PNG/base64 encoding, thread hand-overs).
+Every row is measured in `--rounds` slices of seconds / rounds, the rows' slices interleaved (apply, K=1, K=4,
+K=16, apply, ...), so that the ratios compare like with like on a drifting host; each load slice first runs
+min(2, seconds) unrecorded (connections opening, the batching's phases settling: ~1 s at K = 16 with labels).
 `--in-process`: the same K clients drive the service's BatchingRenderer in this process (frames encoded as the
 stream's, no HTTP/websocket, no server process) on `--device`: the batching's own ratio, on any device, with no
 web stack installed (the GPU check runs it on CUDA)."""
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -32,7 +37,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")  # before torch is imported; the s
 import torch  # noqa: E402
 
 from editgan_fast.editor import EditVector, default_editor  # noqa: E402
-from editgan_fast.serve.load import create_sessions, run_load, run_local_load, slider_positions  # noqa: E402
+from editgan_fast.serve.load import (LoadResult, create_sessions, run_load, run_local_load,  # noqa: E402
+                                     slider_positions)
 from editgan_fast.serve.renderer import BatchingRenderer  # noqa: E402
 
 START_TIMEOUT_S = 120
@@ -79,7 +85,9 @@ def start_server(library):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each measurement")
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each row's measurement")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="each row measured in this many slices, the rows' slices interleaved")
     parser.add_argument("--clients", default="1,4,16")
     parser.add_argument("--in-process", action="store_true",
                         help="in-process clients of the batching renderer instead of a server over websockets")
@@ -94,15 +102,24 @@ def main(argv=None):
     g = editor.generator
     vector = EditVector(0.3 * torch.randn(g.num_ws, g.style_dim, generator=torch.Generator().manual_seed(1)), (5,),
                         "slide", editor.fingerprint)
-    measure = measure_in_process if args.in_process else measure_server
+    transport, loads = ("in-process", in_process_loads) if args.in_process else ("stream", server_loads)
+    latent, slice_s, warm = editor.sample(1000), args.seconds / args.rounds, min(2.0, args.seconds)
     rows = []
-    for labels, mode in ((True, "image + labels"), (False, "image only")):
-        with ThreadPoolExecutor(1) as worker:
-            times = worker.submit(time_apply, editor, editor.sample(1000), vector, args.seconds, labels).result()
-        rows.append({"what": f"Editor.apply, {mode}", "p50_ms": percentile_ms(times, 50),
-                     "p99_ms": percentile_ms(times, 99), "frames_per_s": len(times) / sum(times), "batch_rows": 1})
-        rows += measure(editor, vector, clients, args.seconds, labels, mode)
-    transport = "in-process" if args.in_process else "stream"
+    with loads(editor, vector, max(clients)) as load, ThreadPoolExecutor(1) as worker:
+        for labels, mode in ((True, "image + labels"), (False, "image only")):
+            load(max(clients), 0.0, labels, warm)  # the first frames of a mode (caches, allocator)
+            times, results = [], {k: [] for k in clients}
+            # Slices of every row in turn: the host's drift (a shared machine's neighbours) weighs on each row
+            # alike, rather than on whichever row ran in a busy minute. Each slice's first `warm` seconds
+            # (connections opening, the batching's phases settling) are not recorded.
+            for _ in range(args.rounds):
+                times += worker.submit(time_apply, editor, latent, vector, slice_s, labels).result()
+                for k in clients:
+                    results[k].append(load(k, slice_s, labels, warm))
+            rows.append({"what": f"Editor.apply, {mode}", "p50_ms": percentile_ms(times, 50),
+                         "p99_ms": percentile_ms(times, 99), "frames_per_s": len(times) / sum(times),
+                         "batch_rows": 1})
+            rows += [load_row(f"{transport} K={k}, {mode}", pooled(results[k])) for k in clients]
     lines = report(rows, clients, transport)
     print("\n".join(lines))
     if args.markdown:
@@ -114,49 +131,47 @@ def main(argv=None):
         Path(args.json).write_text(json.dumps(rows, indent=1))
 
 
+def pooled(results):
+    """One LoadResult of several slices of the same K."""
+    return LoadResult(results[0].clients, sum(r.seconds for r in results), [run for r in results for run in r.runs])
+
+
 def load_row(what, result):
     return {"what": what, "p50_ms": result.percentile_ms(50), "p99_ms": result.percentile_ms(99),
             "frames_per_s": result.frames_per_s, "batch_rows": result.mean_batch_rows,
             "synthesis_ms": result.median_ms("synthesis_ms"), "server_overhead_ms": result.median_ms("overhead_ms")}
 
 
-def measure_server(editor, vector, clients, seconds, labels, mode):
-    """K websocket clients of `editgan-fast serve` in a subprocess, K in `clients`: a row each."""
-    rows = []
+@contextlib.contextmanager
+def server_loads(editor, vector, clients):
+    """`load(k, seconds, labels, warmup_s)`: k websocket clients (k <= clients, each its own session) of
+    `editgan-fast serve` in a subprocess, serving `vector` as "slide"."""
     with tempfile.TemporaryDirectory() as tmp:
         vector.save(Path(tmp) / "library" / "slide.npz")
         process, url = start_server(Path(tmp) / "library")
         try:
-            sessions = create_sessions(url, max(clients))
-            warm = min(1.0, seconds)  # warm-up: one client, then all
-            asyncio.run(run_load(url, sessions[:1], "slide", warm, labels=labels))
-            asyncio.run(run_load(url, sessions, "slide", warm, labels=labels))
-            for k in clients:
-                rows.append(load_row(f"stream K={k}, {mode}",
-                                     asyncio.run(run_load(url, sessions[:k], "slide", seconds, labels=labels))))
+            sessions = create_sessions(url, clients)
+            yield lambda k, seconds, labels, warmup_s: asyncio.run(
+                run_load(url, sessions[:k], "slide", seconds, labels=labels, warmup_s=warmup_s))
         finally:
             process.terminate()
             process.wait(timeout=30)
-    return rows
 
 
-def measure_in_process(editor, vector, clients, seconds, labels, mode):
-    """K in-process clients of a BatchingRenderer on `editor` (each its own latent), K in `clients`: a row each."""
-    latents = [editor.sample(1000 + i) for i in range(max(clients))]
-
-    async def loads():
-        renderer = BatchingRenderer(editor)
-        await renderer.start()
-        try:
-            warm = min(1.0, seconds)  # warm-up: one client, then all
-            await run_local_load(renderer, latents[:1], vector, warm, labels)
-            await run_local_load(renderer, latents, vector, warm, labels)
-            return [load_row(f"in-process K={k}, {mode}",
-                             await run_local_load(renderer, latents[:k], vector, seconds, labels)) for k in clients]
-        finally:
-            await renderer.stop()
-
-    return asyncio.run(loads())
+@contextlib.contextmanager
+def in_process_loads(editor, vector, clients):
+    """`load(k, seconds, labels, warmup_s)`: k in-process clients (each its own latent) of one BatchingRenderer on
+    `editor`, kept with its render thread for every load on one event loop."""
+    latents = [editor.sample(1000 + i) for i in range(clients)]
+    loop = asyncio.new_event_loop()
+    renderer = BatchingRenderer(editor)
+    loop.run_until_complete(renderer.start())
+    try:
+        yield lambda k, seconds, labels, warmup_s: loop.run_until_complete(
+            run_local_load(renderer, latents[:k], vector, seconds, labels, warmup_s))
+    finally:
+        loop.run_until_complete(renderer.stop())
+        loop.close()
 
 
 def report(rows, clients, transport):

@@ -75,29 +75,44 @@ def slider_positions(client: int):
         step += 1
 
 
-async def _client(ws_url: str, vector: str, client: int, deadline: float, labels: bool) -> ClientRun:
-    import websockets  # here, not at the top: run_local_load runs without the web clients installed
+async def _slide(client: int, deadline: float, record_from: float, render) -> ClientRun:
+    """One client's closed loop until `deadline`: `await render(scale)` -> (frame, batch rows, synthesis ms,
+    server ms, or None for the whole round trip) for the next slider position; frames received before
+    `record_from` (the warm-up) are not recorded."""
     run = ClientRun()
     positions = slider_positions(client)
+    while time.perf_counter() < deadline:
+        scale = next(positions)
+        sent = time.perf_counter()
+        frame, batch_rows, synthesis_ms, server_ms = await render(scale)
+        received = time.perf_counter()
+        if received >= record_from:
+            run.latencies_s.append(received - sent)
+            run.batch_rows.append(batch_rows)
+            run.synthesis_ms.append(synthesis_ms)
+            run.server_ms.append((received - sent) * 1e3 if server_ms is None else server_ms)
+        run.last_frame, run.last_scale = frame, scale
+    return run
+
+
+async def _client(ws_url: str, vector: str, client: int, deadline: float, record_from: float, labels: bool
+                  ) -> ClientRun:
+    import websockets  # here, not at the top: run_local_load runs without the web clients installed
     async with websockets.connect(ws_url, max_size=8 << 20, open_timeout=RECEIVE_TIMEOUT_S) as ws:
         seq = 0
-        while time.perf_counter() < deadline:
+
+        async def render(scale):
+            nonlocal seq
             seq += 1
-            scale = next(positions)
-            sent = time.perf_counter()
             await ws.send(json.dumps({"seq": seq, "scales": {vector: scale}, "labels": labels}))
             while True:
                 frame = json.loads(await asyncio.wait_for(ws.recv(), RECEIVE_TIMEOUT_S))
                 if "error" in frame:
                     raise RuntimeError(f"the stream answered an error: {frame['message']}")
                 if frame["seq"] == seq:
-                    break
-            run.latencies_s.append(time.perf_counter() - sent)
-            run.batch_rows.append(frame["batch_rows"])
-            run.synthesis_ms.append(frame["synthesis_ms"])
-            run.server_ms.append(frame["server_ms"])
-            run.last_frame, run.last_scale = frame, scale
-    return run
+                    return frame, frame["batch_rows"], frame["synthesis_ms"], frame["server_ms"]
+
+        return await _slide(client, deadline, record_from, render)
 
 
 def create_sessions(base_url: str, count: int) -> list[str]:
@@ -111,42 +126,36 @@ def create_sessions(base_url: str, count: int) -> list[str]:
     return ids
 
 
-async def run_load(base_url: str, sessions: list[str], vector: str, seconds: float, labels: bool = True
-                   ) -> LoadResult:
-    """One client per session, all moving `vector`'s slider for `seconds` (the last frames may finish later);
-    `labels=False`: image-only frames."""
+async def run_load(base_url: str, sessions: list[str], vector: str, seconds: float, labels: bool = True,
+                   warmup_s: float = 0.0) -> LoadResult:
+    """One client per session, all moving `vector`'s slider for `seconds` (the last frames may finish later)
+    after `warmup_s` unrecorded (connections opening, the batching settling); `labels=False`: image-only frames."""
     ws_base = base_url.replace("http://", "ws://", 1)
-    start = time.perf_counter()
-    deadline = start + seconds
-    runs = await asyncio.gather(*(_client(f"{ws_base}/api/v1/sessions/{sid}/stream", vector, i, deadline, labels)
-                                  for i, sid in enumerate(sessions)))
-    return LoadResult(len(sessions), time.perf_counter() - start, list(runs))
+    record_from = time.perf_counter() + warmup_s
+    deadline = record_from + seconds
+    runs = await asyncio.gather(*(_client(f"{ws_base}/api/v1/sessions/{sid}/stream", vector, i, deadline,
+                                          record_from, labels) for i, sid in enumerate(sessions)))
+    return LoadResult(len(sessions), time.perf_counter() - record_from, list(runs))
 
 
-async def _local_client(renderer, latent, vector, client: int, deadline: float, labels: bool) -> ClientRun:
-    run = ClientRun()
-    positions = slider_positions(client)
-    key = object()
-    while time.perf_counter() < deadline:
-        scale = next(positions)
-        sent = time.perf_counter()
-        frame = await asyncio.wait_for(renderer.render(key, latent, {vector: scale}, labels=labels, encode=True),
-                                       RECEIVE_TIMEOUT_S)
-        elapsed = time.perf_counter() - sent
-        run.latencies_s.append(elapsed)
-        run.batch_rows.append(frame.batch_rows)
-        run.synthesis_ms.append(frame.synthesis_s * 1e3)
-        run.server_ms.append(elapsed * 1e3)  # in process, the client's round trip is all "server"
-        run.last_frame, run.last_scale = frame, scale
-    return run
-
-
-async def run_local_load(renderer, latents: list, vector, seconds: float, labels: bool = True) -> LoadResult:
+async def run_local_load(renderer, latents: list, vector, seconds: float, labels: bool = True,
+                         warmup_s: float = 0.0) -> LoadResult:
     """One in-process client per latent on a started renderer (a BatchingRenderer or a drop-in), all moving
-    `vector`'s (an EditVector) slider for `seconds`; each frame is encoded as the stream's (PNG fields), so
-    what is left out against `run_load` is only the HTTP/websocket transport and the client process."""
-    start = time.perf_counter()
-    deadline = start + seconds
-    runs = await asyncio.gather(*(_local_client(renderer, latent, vector, i, deadline, labels)
-                                  for i, latent in enumerate(latents)))
-    return LoadResult(len(latents), time.perf_counter() - start, list(runs))
+    `vector`'s (an EditVector) slider for `seconds` after `warmup_s` unrecorded; each frame is encoded as the
+    stream's (PNG fields), so what is left out against `run_load` is only the HTTP/websocket transport and the
+    client process. A client's `last_frame` is the renderer's Frame."""
+    record_from = time.perf_counter() + warmup_s
+    deadline = record_from + seconds
+
+    async def client(i, latent):
+        key = object()
+
+        async def render(scale):
+            frame = await asyncio.wait_for(renderer.render(key, latent, {vector: scale}, labels=labels, encode=True),
+                                           RECEIVE_TIMEOUT_S)
+            return frame, frame.batch_rows, frame.synthesis_s * 1e3, None  # in process the round trip is the server's
+
+        return await _slide(i, deadline, record_from, render)
+
+    runs = await asyncio.gather(*(client(i, latent) for i, latent in enumerate(latents)))
+    return LoadResult(len(latents), time.perf_counter() - record_from, list(runs))
