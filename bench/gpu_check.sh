@@ -200,7 +200,7 @@ step cuda 120 pytest_strict -m "gpu or nvcc" --deselect tests/test_triton_aot.py
     tests/test_cuda_backend.py tests/test_cuda_compile.py tests/test_cuda_emulated.py tests/test_triton_aot.py
 # Its own process: Triton compiled for the GPU (another test module may switch on the interpreter at import).
 step graphs 90 pytest_strict -m gpu tests/test_editor_graphs.py
-step "serve batching" 75 "$PY" bench/serve.py --in-process --device cuda --seconds 3 --markdown "$REPORT"
+step "serve batching" 90 "$PY" bench/serve.py --in-process --device cuda --seconds 3 --rounds 1 --markdown "$REPORT"
 step "bench face1024 fp32" 90 bench face1024 float32
 step "bench face1024 bf16" 90 bench face1024 bfloat16
 finish

@@ -120,12 +120,12 @@ def main(argv=None):
                          "p99_ms": percentile_ms(times, 99), "frames_per_s": len(times) / sum(times),
                          "batch_rows": 1})
             rows += [load_row(f"{transport} K={k}, {mode}", pooled(results[k])) for k in clients]
-    lines = report(rows, clients, transport)
-    print("\n".join(lines))
+    table, verdicts = report(rows, clients, transport)
+    print("\n".join(table + verdicts))
     if args.markdown:
         with open(args.markdown, "a") as f:
             f.write(f"\n#### bench/serve.py: the edit loop's batching, {transport}, on {editor.device}\n\n"
-                    + "\n".join(lines) + "\n")
+                    + "\n".join(table) + "\n\n" + "".join(f"- {v}\n" for v in verdicts))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(rows, indent=1))
@@ -175,28 +175,29 @@ def in_process_loads(editor, vector, clients):
 
 
 def report(rows, clients, transport):
-    """The table and the targets' verdicts, as lines."""
-    lines = ["| per frame | p50 ms | p99 ms | frames/s (all clients) | mean batch rows | server: synthesis ms | "
+    """The table's lines and the targets' verdicts."""
+    table = ["| per frame | p50 ms | p99 ms | frames/s (all clients) | mean batch rows | server: synthesis ms | "
              "server: overhead ms |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         inside = (f"{r['synthesis_ms']:.1f} | {r['server_overhead_ms']:.1f}" if "synthesis_ms" in r else "- | -")
-        lines.append(f"| {r['what']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['frames_per_s']:.1f} | "
+        table.append(f"| {r['what']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['frames_per_s']:.1f} | "
                      f"{r['batch_rows']:.2f} | {inside} |")
+    verdicts = []
     by_name = {r["what"]: r for r in rows}
     for mode in ("image + labels", "image only"):
         apply, one = by_name[f"Editor.apply, {mode}"], by_name.get(f"{transport} K=1, {mode}")
         if one:
             overhead = one["p50_ms"] / apply["p50_ms"] - 1
-            lines.append(f"{mode}: {transport} overhead at K=1 (p50) {100 * overhead:+.1f} % of apply (target <= "
+            verdicts.append(f"{mode}: {transport} overhead at K=1 (p50) {100 * overhead:+.1f} % of apply (target <= "
                          f"15 %): {'met' if overhead <= 0.15 else 'MISSED'}; inside the server "
                          f"{one['server_overhead_ms']:.1f} ms per frame besides a {one['synthesis_ms']:.1f} ms "
                          f"synthesis")
         many = by_name.get(f"{transport} K={max(clients)}, {mode}")
         if one and many and many is not one:
             ratio = many["frames_per_s"] / one["frames_per_s"]
-            lines.append(f"{mode}: frames/s K={max(clients)} / K=1 {ratio:.2f}x (target >= 3x): "
+            verdicts.append(f"{mode}: frames/s K={max(clients)} / K=1 {ratio:.2f}x (target >= 3x): "
                          f"{'met' if ratio >= 3 else 'MISSED'}")
-    return lines
+    return table, verdicts
 
 
 if __name__ == "__main__":
