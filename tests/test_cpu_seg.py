@@ -332,6 +332,24 @@ def test_inference_route_one_image_split_by_tiles(monkeypatch, two_threads, tile
     assert calls == [1, 1]
 
 
+@pytest.mark.parametrize("batch,widths", [(1, PACKED_WIDTHS), (3, PACKED_WIDTHS), (1, (20, 32))])
+def test_packed_second_layer_skips_units_off_in_a_whole_block(monkeypatch, two_threads, batch, widths):
+    """The packed second layer skips the first-layer units that are zero in every row of its 6-row blocks.
+    With the members' first-layer biases lowered, ~15-20 % of the units fire: about half the (block, unit)
+    pairs are all zero (skipped) and a quarter are on in one row only (must not be skipped, whichever row);
+    the logits still equal the reference. 20 first-layer units: the unit scan's tail past the vector width."""
+    import dataclasses
+    calls = spy_inference(monkeypatch)
+    feats, mlps = random_case(SIZES, CHANNELS, batch=batch, members=3, widths=widths, seed=29)
+    sparse = []
+    for m in mlps:
+        w1, b1 = m.weights[0], m.biases[0]
+        sparse.append(dataclasses.replace(m, biases=(b1 - 0.7 * w1.norm(dim=1), *m.biases[1:])))
+    want = reference64(feats, sparse, (20, 20), mode="bilinear")
+    assert rel_err(run("cpu", feats, sparse, (20, 20), mode="bilinear"), want) < FP32_BOUND
+    assert calls == [batch]
+
+
 def test_inference_route_regions_and_fallbacks(monkeypatch):
     """A region takes the inference route too (its plan is not cached); projections over LAZY_BYTES and the
     bf16 mode take the Function's route."""

@@ -169,11 +169,49 @@ void axpy(double* __restrict y, const double* __restrict x, double w, int64_t K)
 // separate bias/ReLU pass and no packing per call (the BLAS call it replaces packed W every tile). Used for
 // the first layer's direct groups (y = h, which already holds b1 and the projected groups' taps) and for the
 // second layer, member by member.
+// With `active` (room for K indices) the inputs k that are zero in every row of a block are skipped: exact, as
+// they add nothing (weights are finite; a NaN input counts as nonzero). For the second layer, whose inputs are
+// the first layer's ReLU: in the bundled model 49 % of (6-pixel block, unit) pairs are all zero.
 constexpr int kFusedRows = 6;  // 6 x 2 accumulators + 2 weights + 1 broadcast: 15 of AVX2's 16 registers
+
+// The columns k < K where any of the kFusedRows rows is nonzero (its bits other than the sign: -0 adds nothing,
+// a NaN counts), written to `active` in order; returns their count. The rows' bits are ORed L columns at a time,
+// then each column is appended without a branch.
+template <int L>
+EG_INLINE int64_t nonzero_columns(const float* const* xr, int64_t K, int32_t* active) {
+  using V = Lanes<L>;
+  using u = typename V::u;
+  int64_t nk = 0, k = 0;
+  for (; k + L <= K; k += L) {
+    u bits{};
+    for (int r = 0; r < kFusedRows; ++r) {
+      u b;
+      const typename V::f v = V::load(xr[r] + k);
+      std::memcpy(&b, &v, sizeof b);
+      bits |= b;
+    }
+    bits &= 0x7fffffffu;
+    for (int i = 0; i < L; ++i) {
+      active[nk] = (int32_t)(k + i);
+      nk += bits[i] != 0;
+    }
+  }
+  for (; k < K; ++k) {
+    uint32_t bits = 0;
+    for (int r = 0; r < kFusedRows; ++r) {
+      uint32_t b;
+      std::memcpy(&b, xr[r] + k, sizeof b);
+      bits |= b;
+    }
+    active[nk] = (int32_t)k;
+    nk += (bits & 0x7fffffffu) != 0;
+  }
+  return nk;
+}
 
 template <int L>
 EG_INLINE void linear_relu_body(float* y, int64_t ldy, const float* bias, const float* x, int64_t ldx, int64_t T,
-                                int64_t N, int64_t K, const float* wpack) {
+                                int64_t N, int64_t K, const float* wpack, int32_t* active) {
   using V = Lanes<L>;
   using f = typename V::f;
   constexpr int R = kFusedRows, NB = 2 * L;
@@ -186,6 +224,7 @@ EG_INLINE void linear_relu_body(float* y, int64_t ldy, const float* bias, const 
       xr[r] = x + t * ldx;
       yr[r] = y + t * ldy;
     }
+    const int64_t nk = active ? nonzero_columns<L>(xr, K, active) : K;
     for (int64_t j0 = 0; j0 < N; j0 += NB) {
       const float* wb = wpack + (j0 / NB) * K * NB;
       f acc0[R], acc1[R];
@@ -194,7 +233,8 @@ EG_INLINE void linear_relu_body(float* y, int64_t ldy, const float* bias, const 
         acc0[r] = V::load((bias ? bias : yr[r]) + j0);
         acc1[r] = V::load((bias ? bias : yr[r]) + j0 + L);
       }
-      for (int64_t k = 0; k < K; ++k) {
+      for (int64_t i = 0; i < nk; ++i) {
+        const int64_t k = active ? active[i] : i;
         const f w0 = V::load(wb + k * NB), w1 = V::load(wb + k * NB + L);
 #pragma GCC unroll 6
         for (int r = 0; r < R; ++r) {
@@ -215,8 +255,8 @@ EG_INLINE void linear_relu_body(float* y, int64_t ldy, const float* bias, const 
 }
 EG_LANE_VARIANTS(, void, linear_relu,
                  (float* y, int64_t ldy, const float* bias, const float* x, int64_t ldx, int64_t T, int64_t N,
-                  int64_t K, const float* wpack),
-                 (y, ldy, bias, x, ldx, T, N, K, wpack))
+                  int64_t K, const float* wpack, int32_t* active),
+                 (y, ldy, bias, x, ldx, T, N, K, wpack, active))
 
 // The last layer of every member and their mean for one tile in fp32, written straight into the logits:
 // out[c * ldo + t] = bias[c] + sum_k z[t * K + k] w[c * K + k] for t < T, c < C, with z [T, K = E*H2] the
@@ -720,7 +760,7 @@ void hidden_tile(const Head& hd, const Bases& bases, int64_t p0, int64_t T, at::
   if constexpr (std::is_same_v<scalar_t, float>) {
     if (hd.fused) {
       linear_relu(hp, hd.EH1, nullptr, buf.data_ptr<float>(), hd.kd, T, hd.EH1, hd.kd,
-                  hd.kd > 0 ? hd.w1d_pack.data_ptr<float>() : nullptr);
+                  hd.kd > 0 ? hd.w1d_pack.data_ptr<float>() : nullptr, nullptr);  // dense inputs: no skipping
       return;
     }
   }
@@ -734,10 +774,11 @@ at::Tensor hidden_layers(const Head& hd, const Bases& bases, int64_t p0, int64_t
   hidden_tile<scalar_t>(hd, bases, p0, T, a1, sc);
   if (hd.w2_pack.defined()) {  // z [T, E, H2] in memory, returned as the [E, T, H2] view
     at::Tensor z = at::empty({T, hd.E, hd.H2}, a1.options());
+    std::vector<int32_t> active(hd.H1);
     for (int64_t e = 0; e < hd.E; ++e)
       linear_relu(z.data_ptr<float>() + e * hd.H2, hd.E * hd.H2, hd.b2.data_ptr<float>() + e * hd.H2,
                   a1.data_ptr<float>() + e * hd.H1, hd.EH1, T, hd.H2, hd.H1,
-                  hd.w2_pack.data_ptr<float>() + e * hd.H2 * hd.H1);
+                  hd.w2_pack.data_ptr<float>() + e * hd.H2 * hd.H1, active.data());
     return z.transpose(0, 1);
   }
   at::Tensor a1e = a1.view({T, hd.E, hd.H1}).transpose(0, 1);
