@@ -570,6 +570,34 @@ def test_renderer_keeps_streams_active_across_slow_syntheses(editor):
     assert slow.calls[-1] == (2, True)
 
 
+def test_renderer_waits_longer_after_a_long_synthesis(editor):
+    """After a long synthesis the other streams' requests take longer to come back (as many frames to send and
+    requests to read as rows): the wait for them is bounded by a tenth of the last synthesis when that exceeds
+    gather_s. Here gather_s is 1 ms, a synthesis 0.5 s, and "b" asks 15 ms after "a": they share one."""
+    import asyncio
+    from editgan_fast.serve.renderer import BatchingRenderer
+
+    vector = EditVector(0.2 * torch.randn(editor.generator.num_ws, editor.generator.style_dim), (MOUTH,), "v",
+                        editor.fingerprint)
+    latent = editor.sample(6)
+    slow = SlowEditor(editor, 0.5)
+
+    async def scenario():
+        renderer = BatchingRenderer(slow, max_batch=16, gather_s=0.001, active_s=5.0)
+        await renderer.start()
+        render = lambda key, scale: asyncio.wait_for(renderer.render(key, latent, {vector: scale}), 20)
+        for scale in (0.1, 0.2):
+            await asyncio.gather(render("a", scale), render("b", scale))
+        a = asyncio.create_task(render("a", 0.3))
+        await asyncio.sleep(0.015)
+        b = await render("b", 0.4)
+        rows = [(await a).batch_rows, b.batch_rows]
+        await renderer.stop()
+        return rows
+
+    assert asyncio.run(scenario()) == [2, 2]
+
+
 def test_editor_caches_under_concurrent_threads(editor):
     """The server's threads (renderer, jobs, request handlers) share one editor: concurrent applies on fresh
     latents and vectors fill its style caches without a lost or mixed entry."""

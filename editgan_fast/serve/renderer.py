@@ -4,12 +4,13 @@ Requests are keyed (a websocket stream uses its connection as key): a newer requ
 replaces the older one, whose caller gets `Superseded` (only the latest slider position is rendered). One
 worker thread synthesizes; while it runs, requests of other keys queue, and the next synthesis takes all of
 them (up to `max_batch` rows) through `Editor.apply_many`: N concurrent clients cost one batched synthesis,
-not N. Before a synthesis the renderer waits (at most `gather_s`) for the requests of the other active
-streams (keys that asked at least twice, the last time within `active_s` or two syntheses' time, whichever is
-longer: a stream asks once per frame, so slow frames space its requests out): each streaming client sends its
-next request as soon as its frame arrives, so right after a synthesis the requests trickle in; taking the
-first one alone would split the clients into small batches, and the next synthesis would compete for the CPU
-with the event loop still sending frames and reading requests. A lone stream or a one-off request never waits.
+not N. Before a synthesis the renderer waits (at most `gather_s`, or a tenth of the last synthesis if that is
+longer) for the requests of the other active streams (keys that asked at least twice, the last time within
+`active_s` or two syntheses' time, whichever is longer: a stream asks once per frame, so slow frames space its
+requests out): each streaming client sends its next request as soon as its frame arrives, so right after a
+synthesis the requests trickle in; taking the first one alone would split the clients into small batches, and
+the next synthesis would compete for the CPU with the event loop still sending frames and reading requests. A
+lone stream or a one-off request never waits.
 A deployment (e.g. Ray Serve) can swap in another class with the same `render`/`start`/`stop`/`stats`.
 """
 from __future__ import annotations
@@ -147,8 +148,11 @@ class BatchingRenderer:
         return sum(count > 1 for count, _ in self._seen.values())
 
     async def _gather(self) -> None:
-        """Wait, at most gather_s, until every active stream has a request waiting (or max_batch rows are)."""
-        deadline = time.perf_counter() + self.gather_s
+        """Wait, at most gather_s or a tenth of the last synthesis (whichever is longer), until every active
+        stream has a request waiting (or max_batch rows are). The second bound: after a long synthesis the event
+        loop has as many frames to send and requests to read as there were rows (16 labelled streams on a busy
+        host: over 10 ms), and a batch cut short splits the streams in two until a later wait rejoins them."""
+        deadline = time.perf_counter() + max(self.gather_s, 0.1 * self._last_synthesis_s)
         while sum(r.rows for r in self._pending.values()) < self.max_batch and \
                 len(self._pending) < self._active_streams():
             remaining = deadline - time.perf_counter()
