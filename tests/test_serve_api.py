@@ -541,61 +541,45 @@ class SlowEditor(GatedEditor):
         return super().apply_many(items, labels)
 
 
-def test_renderer_keeps_streams_active_across_slow_syntheses(editor):
-    """With syntheses slower than active_s, a stream's requests come further apart than active_s: it must still
-    count as active (within two syntheses' time), or clients split over two batches never merge again. Here "b"
-    asks 0.1 s after "a", 0.4 s after its previous request: "a" waits for it and they share one synthesis."""
+def late_partner_rows(editor, synthesis_s, gather_s, active_s, late_s):
+    """Two streams "a" and "b" that asked twice together, then "b" asks `late_s` after "a", on a renderer whose
+    syntheses take `synthesis_s`: the batch rows of both frames ([2, 2] when "a" waited for "b")."""
     import asyncio
     from editgan_fast.serve.renderer import BatchingRenderer
 
     vector = EditVector(0.2 * torch.randn(editor.generator.num_ws, editor.generator.style_dim), (MOUTH,), "v",
                         editor.fingerprint)
     latent = editor.sample(5)
-    slow = SlowEditor(editor, 0.3)
+    slow = SlowEditor(editor, synthesis_s)
 
     async def scenario():
-        renderer = BatchingRenderer(slow, max_batch=16, gather_s=5.0, active_s=0.05)
+        renderer = BatchingRenderer(slow, max_batch=16, gather_s=gather_s, active_s=active_s)
         await renderer.start()
         render = lambda key, scale: asyncio.wait_for(renderer.render(key, latent, {vector: scale}), 20)
         for scale in (0.1, 0.2):  # both streams asked twice, together
             await asyncio.gather(render("a", scale), render("b", scale))
         a = asyncio.create_task(render("a", 0.3))
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(late_s)
         b = await render("b", 0.4)
         rows = [(await a).batch_rows, b.batch_rows]
         await renderer.stop()
         return rows
 
-    assert asyncio.run(scenario()) == [2, 2]
-    assert slow.calls[-1] == (2, True)
+    return asyncio.run(scenario())
+
+
+def test_renderer_keeps_streams_active_across_slow_syntheses(editor):
+    """With syntheses slower than active_s, a stream's requests come further apart than active_s: it must still
+    count as active (within two syntheses' time), or clients split over two batches never merge again. Here "b"
+    asks 0.1 s after "a", 0.4 s after its previous request: "a" waits for it and they share one synthesis."""
+    assert late_partner_rows(editor, synthesis_s=0.3, gather_s=5.0, active_s=0.05, late_s=0.1) == [2, 2]
 
 
 def test_renderer_waits_longer_after_a_long_synthesis(editor):
     """After a long synthesis the other streams' requests take longer to come back (as many frames to send and
     requests to read as rows): the wait for them is bounded by a tenth of the last synthesis when that exceeds
     gather_s. Here gather_s is 1 ms, a synthesis 0.5 s, and "b" asks 15 ms after "a": they share one."""
-    import asyncio
-    from editgan_fast.serve.renderer import BatchingRenderer
-
-    vector = EditVector(0.2 * torch.randn(editor.generator.num_ws, editor.generator.style_dim), (MOUTH,), "v",
-                        editor.fingerprint)
-    latent = editor.sample(6)
-    slow = SlowEditor(editor, 0.5)
-
-    async def scenario():
-        renderer = BatchingRenderer(slow, max_batch=16, gather_s=0.001, active_s=5.0)
-        await renderer.start()
-        render = lambda key, scale: asyncio.wait_for(renderer.render(key, latent, {vector: scale}), 20)
-        for scale in (0.1, 0.2):
-            await asyncio.gather(render("a", scale), render("b", scale))
-        a = asyncio.create_task(render("a", 0.3))
-        await asyncio.sleep(0.015)
-        b = await render("b", 0.4)
-        rows = [(await a).batch_rows, b.batch_rows]
-        await renderer.stop()
-        return rows
-
-    assert asyncio.run(scenario()) == [2, 2]
+    assert late_partner_rows(editor, synthesis_s=0.5, gather_s=0.001, active_s=5.0, late_s=0.015) == [2, 2]
 
 
 def test_editor_caches_under_concurrent_threads(editor):
