@@ -216,13 +216,16 @@ def image_pngs(images: torch.Tensor) -> list[bytes]:
 def labels_png(labels) -> bytes:
     """[h, w] class ids -> palette PNG bytes (pixel value = class id, `PALETTE` attached), written as `rgb_png`
     writes frames: 0.04 ms for a 64 px map against Pillow's 0.19 ms at level 1, a few bytes larger."""
-    return labels_pngs(torch.as_tensor(labels)[None])[0]
+    return _palette_png(_label_array(labels))
 
 
 def labels_pngs(labels) -> list[bytes]:
     """[B, h, w] class ids -> palette PNG bytes per map (`labels_png`), checked and converted once."""
-    arrays = _label_array(labels, ndim=3)
-    return [_png(array, array.shape[1], 3, _PLTE) for array in arrays]
+    return [_palette_png(array) for array in _label_array(labels, ndim=3)]
+
+
+def _palette_png(array: np.ndarray) -> bytes:
+    return _png(array, array.shape[1], 3, _PLTE)  # colour type 3: palette
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:

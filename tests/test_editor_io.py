@@ -109,6 +109,10 @@ def test_batch_encoders_equal_the_per_image_ones():
         io.image_pngs(images[0])
     with pytest.raises(ValueError, match=r"\[B, H, W\]"):
         io.labels_pngs(labels[0])
+    with pytest.raises(ValueError, match=r"tensor \[H, W\], got .*\(5, 6, 4\)"):
+        io.labels_png(labels)
+    with pytest.raises(ValueError, match=r"tensor \[H, W\], got list"):
+        io.labels_png(labels[0].tolist())
     with pytest.raises(ValueError, match="0..255"):
         io.labels_pngs(labels - 1)
 
