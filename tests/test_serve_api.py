@@ -491,7 +491,7 @@ def test_renderer_coalesces_and_batches(editor):
         torch.testing.assert_close(frame.result.image, want.image, atol=2e-5, rtol=0)
         assert torch.equal(frame.result.labels, want.labels)
         if frame.encoded is not None:
-            assert frame.encoded == codec.frame(frame.result.image, frame.result.labels)
+            assert frame.encoded == codec.frames(frame.result.image[None], frame.result.labels[None])[0]
             shown = np.asarray(Image.open(_io.BytesIO(base64.b64decode(frame.encoded["image"])))).astype(int)
             assert np.abs(shown - np.asarray(io.tensor_to_pil(want.image)).astype(int)).max() <= 1
 

@@ -14,14 +14,10 @@ from .. import io
 from ..errors import FileFormatError, InputValueError, LimitExceeded
 
 
-def frame(image: torch.Tensor, labels: torch.Tensor | None) -> dict:
-    """One rendered row as JSON fields: {"image", "labels"} (labels when rendered), base64 PNGs."""
-    return frames(image[None], None if labels is None else labels[None])[0]
-
-
 def frames(images: torch.Tensor, labels: torch.Tensor | None) -> list[dict]:
-    """Rows [B, 3, H, W] (and label maps [B, h, w], or None) as `frame`'s fields per row, each batch converted
-    to 8 bits once: a renderer's batch of 16 frames costs one conversion, not 16."""
+    """Rows [B, 3, H, W] (and label maps [B, h, w], or None) as one rendered row's JSON fields each, {"image",
+    "labels"} (labels when rendered) as base64 PNGs, the batch converted to 8 bits once: a renderer's batch of
+    16 frames costs one conversion, not 16."""
     pngs = [{"image": b64(png)} for png in io.image_pngs(images)]
     if labels is not None:
         for fields, png in zip(pngs, io.labels_pngs(labels)):
