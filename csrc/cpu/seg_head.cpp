@@ -611,20 +611,22 @@ int64_t max_direct_channels(const Head& hd) {
 
 // Per thread: the hidden block of one tile, the direct groups' resampled features, the lazy projections, and
 // the separable gather's interpolated rows (one [cols, E*H1] row per projected group, compute dtype) with its
-// per-run bookkeeping.
+// per-run bookkeeping, and the second layer's list of nonzero inputs.
 struct Scratch {
   at::Tensor h, direct;
   std::vector<at::Tensor> projected, rows;
   std::vector<char> separable;   // per group: takes its taps from rows[g] in the current run
   std::vector<const void*> src;  // one pixel's taps: 2 per separable group, or pixel_taps' 4
   std::vector<float> w;
+  std::vector<int32_t> active;   // the packed second layer's nonzero inputs of one block (linear_relu)
   Scratch(const Head& hd, bool with_projections)
       : h(at::empty({hd.tile, hd.EH1}, hd.b1.options())),
         direct(at::empty({hd.tile * max_direct_channels(hd)}, hd.b1.options())),
         rows(hd.sources.size()),
         separable(hd.sources.size(), 0),
         src(std::max<size_t>(4, 2 * hd.sources.size())),
-        w(std::max<size_t>(4, 2 * hd.sources.size())) {
+        w(std::max<size_t>(4, 2 * hd.sources.size())),
+        active(hd.H1) {
     if (with_projections) projected = projection_buffers(hd);
     if (hd.separable)
       for (size_t g = 0; g < rows.size(); ++g)
@@ -774,11 +776,10 @@ at::Tensor hidden_layers(const Head& hd, const Bases& bases, int64_t p0, int64_t
   hidden_tile<scalar_t>(hd, bases, p0, T, a1, sc);
   if (hd.w2_pack.defined()) {  // z [T, E, H2] in memory, returned as the [E, T, H2] view
     at::Tensor z = at::empty({T, hd.E, hd.H2}, a1.options());
-    std::vector<int32_t> active(hd.H1);
     for (int64_t e = 0; e < hd.E; ++e)
       linear_relu(z.data_ptr<float>() + e * hd.H2, hd.E * hd.H2, hd.b2.data_ptr<float>() + e * hd.H2,
                   a1.data_ptr<float>() + e * hd.H1, hd.EH1, T, hd.H2, hd.H1,
-                  hd.w2_pack.data_ptr<float>() + e * hd.H2 * hd.H1, active.data());
+                  hd.w2_pack.data_ptr<float>() + e * hd.H2 * hd.H1, sc.active.data());
     return z.transpose(0, 1);
   }
   at::Tensor a1e = a1.view({T, hd.E, hd.H1}).transpose(0, 1);
