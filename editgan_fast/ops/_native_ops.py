@@ -51,7 +51,7 @@ def _fir_separable(x, taps, pad0, pad1, d=None, noise=None, bias=None, act=0, al
 
 
 def _fir_upsample(x, taps, up, pad0, pad1):
-    torch._check(x.dim() == 4 and taps.dim() == 1, lambda: "fir_separable: x must be NCHW, taps 1-D")
+    torch._check(x.dim() == 4 and taps.dim() == 1, lambda: "fir_separable/fir_upsample: x must be NCHW, taps 1-D")
     n, c, h, w = x.shape
     grow = pad0 + pad1 - taps.shape[0] + 1
     dtype = torch.float32 if x.dtype == torch.bfloat16 else x.dtype  # bf16 is read, filtered and written in fp32
