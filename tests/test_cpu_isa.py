@@ -109,6 +109,24 @@ def test_isa_builds_fir_match_reference(isa, up, monkeypatch):
     assert _rel(leaf.grad, ref.grad) < 1e-5, isa
 
 
+def test_isa_builds_seg_head_packed_layers(isa):
+    """The packed linear+ReLU layers per ISA build (block 16 or 32: widths 32), the second one skipping the units
+    off in a whole block (sparse members), 20 units (a scan tail on every lane width): logits and feature
+    gradients against the float64 reference."""
+    from test_cpu_seg import feature_grads, random_case, reference64, sparse_members
+    feats, mlps = random_case((4, 8, 16), (7, 9, 5), batch=2, members=2, widths=(32, 32))
+    for members in (sparse_members(mlps), sparse_members(random_case((4, 8, 16), (7, 9, 5), batch=1, members=2,
+                                                                      widths=(20, 32))[1])):
+        want = reference64(feats, members, 16, crop=(2, 15, 0, 15))
+        with editgan_fast.use_backend("cpu"):
+            got = seg_head(feats, members, 16, crop=(2, 15, 0, 15))
+        assert _rel(got, want) < 2e-5, isa
+        weight = torch.randn(want.shape, generator=torch.Generator().manual_seed(3))
+        ref = feature_grads("reference", feats, members, 16, weight, torch.float64, crop=(2, 15, 0, 15))
+        for g, r in zip(feature_grads("cpu", feats, members, 16, weight, crop=(2, 15, 0, 15)), ref):
+            assert _rel(g, r) < 1e-4, isa
+
+
 @pytest.mark.parametrize("bf16", [False, True])
 def test_isa_builds_seg_head_gathers(isa, bf16):
     from test_cpu_seg import random_case, reference64

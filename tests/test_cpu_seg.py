@@ -109,7 +109,7 @@ def test_region_matches_reference(mode, kind):
 
 
 def feature_grads(name, feats, mlps, out_size, weight, dtype=torch.float32, **kw):
-    leaves = [f.to(dtype).requires_grad_() for f in feats]
+    leaves = [f.detach().to(dtype).requires_grad_() for f in feats]  # never the callers' maps themselves
     members = [m.to(dtype) for m in mlps]
     out = run(name, leaves, members, out_size, **kw)
     (out * weight.to(dtype)).sum().backward()
@@ -332,22 +332,31 @@ def test_inference_route_one_image_split_by_tiles(monkeypatch, two_threads, tile
     assert calls == [1, 1]
 
 
+def sparse_members(mlps):
+    """The members with their first-layer biases lowered: ~15-20 % of the units fire, so about half the (6-pixel
+    block, unit) pairs of the packed second layer are all zero (skipped) and a quarter are on in one row only
+    (must not be skipped, whichever row)."""
+    import dataclasses
+    return [dataclasses.replace(m, biases=(m.biases[0] - 0.7 * m.weights[0].norm(dim=1), *m.biases[1:]))
+            for m in mlps]
+
+
 @pytest.mark.parametrize("batch,widths", [(1, PACKED_WIDTHS), (3, PACKED_WIDTHS), (1, (20, 32))])
 def test_packed_second_layer_skips_units_off_in_a_whole_block(monkeypatch, two_threads, batch, widths):
-    """The packed second layer skips the first-layer units that are zero in every row of its 6-row blocks.
-    With the members' first-layer biases lowered, ~15-20 % of the units fire: about half the (block, unit)
-    pairs are all zero (skipped) and a quarter are on in one row only (must not be skipped, whichever row);
-    the logits still equal the reference. 20 first-layer units: the unit scan's tail past the vector width."""
-    import dataclasses
+    """The packed second layer skips the first-layer units that are zero in every row of its 6-row blocks
+    (sparse_members): the logits (inference route) and the feature gradients (the autograd route, whose backward
+    recomputes the layer) still equal the reference. 20 first-layer units: the unit scan's tail past the vector
+    width."""
     calls = spy_inference(monkeypatch)
     feats, mlps = random_case(SIZES, CHANNELS, batch=batch, members=3, widths=widths, seed=29)
-    sparse = []
-    for m in mlps:
-        w1, b1 = m.weights[0], m.biases[0]
-        sparse.append(dataclasses.replace(m, biases=(b1 - 0.7 * w1.norm(dim=1), *m.biases[1:])))
+    sparse = sparse_members(mlps)
     want = reference64(feats, sparse, (20, 20), mode="bilinear")
     assert rel_err(run("cpu", feats, sparse, (20, 20), mode="bilinear"), want) < FP32_BOUND
     assert calls == [batch]
+    weight = torch.randn(want.shape, generator=torch.Generator().manual_seed(31))
+    grads = feature_grads("reference", feats, sparse, (20, 20), weight, torch.float64, mode="bilinear")
+    for got, ref in zip(feature_grads("cpu", feats, sparse, (20, 20), weight, mode="bilinear"), grads):
+        assert rel_err(got, ref) < FP32_BOUND
 
 
 def test_inference_route_regions_and_fallbacks(monkeypatch):
